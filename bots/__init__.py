@@ -1,0 +1,1 @@
+"""What a bot is: strategies, the order gateway, market feeds and exchange adapters."""

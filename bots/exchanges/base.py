@@ -1,0 +1,39 @@
+"""The exchange seam: the order gateway talks to every venue through `ExchangeAdapter`.
+
+The paper exchange implements it now; the ccxt adapter implements it in the same shape, so the
+gateway, the journal and the safety layer do not know which one they drive.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from bots.models import Balance, MarketSnapshot, OrderRequest, OrderSnapshot
+
+
+@runtime_checkable
+class ExchangeAdapter(Protocol):
+    """One trading account on one venue.
+
+    Errors are raised as `bots.errors.ExchangeError` subclasses: `OrderRejected` for a refusal
+    the venue made on purpose (funds, size, symbol), `TransientExchangeError` for what may succeed
+    when tried again. No venue library's exception class escapes an adapter.
+    """
+
+    name: str
+
+    async def create_order(self, request: OrderRequest) -> OrderSnapshot: ...
+
+    async def cancel_order(self, client_order_id: int, symbol: str) -> OrderSnapshot: ...
+
+    async def fetch_order(self, client_order_id: int, symbol: str) -> OrderSnapshot: ...
+
+    async def fetch_open_orders(self, symbol: str) -> list[OrderSnapshot]: ...
+
+    async def fetch_balance(self) -> dict[str, Balance]: ...
+
+    async def on_market(self, snapshot: MarketSnapshot) -> None:
+        """Tell the adapter the latest market state (the paper exchange matches against it)."""
+        ...
+
+    async def close(self) -> None: ...
