@@ -1,0 +1,382 @@
+"""The order gateway: the one path by which an order leaves the process.
+
+For each intent: the gates are asked (read-only mode, later the kill switch and risk limits);
+the intent is journaled with a fresh client order id and committed; the gates are asked once more
+with no await between that check and the send, so a gate that closes while the journal write is
+in flight still stops the order; then the order is sent. The acknowledgement and every fill,
+with the position and balances they move, are committed as one journal update before the
+in-memory book changes.
+
+Every refusal and failure is counted on the bot's book under a reason code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Literal, Protocol
+
+from bots.book import BotBook
+from bots.errors import (
+    ExchangeError,
+    OrderNotFound,
+    OrderRejected,
+    TransientExchangeError,
+)
+from bots.exchanges.base import ExchangeAdapter
+from bots.ids import ClientOrderIds
+from bots.journal import (
+    FillRecord,
+    JournalOrder,
+    OrderJournal,
+    OrderStatus,
+    OrderUpdate,
+)
+from bots.ledger import apply_changes, balance_changes
+from bots.models import (
+    ExchangeOrderStatus,
+    MarketSnapshot,
+    OrderIntent,
+    OrderRequest,
+    OrderSnapshot,
+)
+from bots.strategies.base import FillView
+
+log = logging.getLogger(__name__)
+
+_STATUS_FROM_EXCHANGE = {
+    ExchangeOrderStatus.OPEN: OrderStatus.OPEN,
+    ExchangeOrderStatus.CLOSED: OrderStatus.FILLED,
+    ExchangeOrderStatus.CANCELED: OrderStatus.CANCELED,
+    ExchangeOrderStatus.REJECTED: OrderStatus.REJECTED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: str  # machine-readable, e.g. "read_only", "kill_switch", "max_order_notional"
+    reason: str  # for the operator
+
+
+class OrderGate(Protocol):
+    """A pre-trade check. Must be synchronous and fast: it runs right before every send."""
+
+    def check(self, intent: OrderIntent, book: BotBook) -> Refusal | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    outcome: Literal["sent", "refused", "rejected", "failed", "unresolved"]
+    client_order_id: int | None = None
+    code: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BotIdentity:
+    bot: str
+    exchange: str
+    symbol: str
+    base_asset: str
+    quote_asset: str
+
+
+class ReadOnlyGate:
+    """Read-only mode: every order is refused, nothing is sent."""
+
+    def check(self, intent: OrderIntent, book: BotBook) -> Refusal | None:
+        return Refusal("read_only", "the bot is in read-only mode: no order is sent")
+
+
+class OrderGateway:
+    def __init__(
+        self,
+        identity: BotIdentity,
+        adapter: ExchangeAdapter,
+        journal: OrderJournal,
+        ids: ClientOrderIds,
+        book: BotBook,
+        gates: Sequence[OrderGate] = (),
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.adapter = adapter
+        self.journal = journal
+        self.ids = ids
+        self.book = book
+        self.gates = list(gates)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._apply_lock = asyncio.Lock()
+
+    # -- submitting ------------------------------------------------------------------------------
+
+    async def submit(self, intent: OrderIntent) -> SubmitResult:
+        if intent.symbol != self.identity.symbol:
+            return self._refused(
+                Refusal("wrong_symbol", f"bot trades {self.identity.symbol}, not {intent.symbol}")
+            )
+        refusal = self._first_refusal(intent)
+        if refusal is not None:
+            return self._refused(refusal)
+
+        order = JournalOrder(
+            client_order_id=self.ids.next(),
+            bot=self.identity.bot,
+            exchange=self.identity.exchange,
+            symbol=intent.symbol,
+            side=intent.side,
+            type=intent.type,
+            amount=intent.amount,
+            price=intent.price,
+            status=OrderStatus.PENDING_SUBMIT,
+            created_at=self._clock(),
+            tag=intent.tag,
+        )
+        await self.journal.record_intent(order)
+        self.book.live_orders[order.client_order_id] = order
+        self.book.trade_ids[order.client_order_id] = set()
+        self.book.orders_count += 1
+        self.book.last_order_at = order.created_at
+
+        # A gate may have closed while the intent was being committed: ask again, and send in
+        # the same step, with no await in between.
+        refusal = self._first_refusal(intent)
+        if refusal is not None:
+            await self._finish_unsent(order, OrderStatus.FAILED, f"not sent: {refusal.reason}")
+            return self._refused(refusal, order.client_order_id)
+        request = OrderRequest(
+            order.client_order_id, order.symbol, order.side, order.type, order.amount, order.price
+        )
+        try:
+            snapshot = await self.adapter.create_order(request)
+        except OrderRejected as exc:
+            self._count_error(exc.code)
+            await self._finish_unsent(order, OrderStatus.REJECTED, exc.reason)
+            log.warning(
+                "%s: order %d rejected by %s: %s",
+                self.identity.bot,
+                order.client_order_id,
+                self.adapter.name,
+                exc.reason,
+            )
+            return SubmitResult("rejected", order.client_order_id, exc.code, exc.reason)
+        except TransientExchangeError as exc:
+            # The request may or may not have reached the exchange: look it up, never resend.
+            self._count_error("transient")
+            return await self._resolve_after_send_error(order, exc)
+        except ExchangeError as exc:
+            self._count_error("exchange_error")
+            log.error("%s: order %d failed: %s", self.identity.bot, order.client_order_id, exc)
+            return await self._resolve_after_send_error(order, exc)
+        await self._apply(order.client_order_id, snapshot, "acknowledged")
+        return SubmitResult("sent", order.client_order_id)
+
+    def _first_refusal(self, intent: OrderIntent) -> Refusal | None:
+        for gate in self.gates:
+            refusal = gate.check(intent, self.book)
+            if refusal is not None:
+                return refusal
+        return None
+
+    def _refused(self, refusal: Refusal, client_order_id: int | None = None) -> SubmitResult:
+        self.book.refusals[refusal.code] = self.book.refusals.get(refusal.code, 0) + 1
+        log.info("%s: order refused (%s): %s", self.identity.bot, refusal.code, refusal.reason)
+        return SubmitResult("refused", client_order_id, refusal.code, refusal.reason)
+
+    def _count_error(self, code: str) -> None:
+        self.book.errors[code] = self.book.errors.get(code, 0) + 1
+
+    async def _resolve_after_send_error(
+        self, order: JournalOrder, error: ExchangeError
+    ) -> SubmitResult:
+        try:
+            snapshot = await self.adapter.fetch_order(order.client_order_id, order.symbol)
+        except OrderNotFound:
+            await self._finish_unsent(order, OrderStatus.FAILED, f"not placed: {error}")
+            return SubmitResult("failed", order.client_order_id, "send_failed", str(error))
+        except ExchangeError as lookup_error:
+            log.error(
+                "%s: order %d outcome unknown after %r; lookup failed too (%s); "
+                "it stays pending and is looked up again on the next sync",
+                self.identity.bot,
+                order.client_order_id,
+                error,
+                lookup_error,
+            )
+            return SubmitResult("unresolved", order.client_order_id, "unknown", str(error))
+        await self._apply(order.client_order_id, snapshot, f"found after send error: {error}")
+        return SubmitResult("sent", order.client_order_id)
+
+    async def _finish_unsent(self, order: JournalOrder, status: OrderStatus, reason: str) -> None:
+        async with self._apply_lock:
+            current = self.book.live_orders.get(order.client_order_id)
+            if current is None:
+                return
+            now = self._clock()
+            final = replace(current, status=status, reason=reason)
+            await self.journal.record_update(OrderUpdate(final, current.status, now, detail=reason))
+            self._forget(order.client_order_id)
+
+    async def _unknown_to_exchange(self, order: JournalOrder) -> None:
+        """The exchange has no such order: never placed if it was pending, else gone."""
+        self._count_error("order_not_found")
+        status = (
+            OrderStatus.FAILED
+            if order.status is OrderStatus.PENDING_SUBMIT
+            else OrderStatus.CANCELED
+        )
+        log.warning(
+            "%s: %s has no order %d; journal marks it %s",
+            self.identity.bot,
+            self.adapter.name,
+            order.client_order_id,
+            status.value,
+        )
+        await self._finish_unsent(order, status, "the exchange does not know this order")
+
+    # -- keeping up with the exchange ------------------------------------------------------------
+
+    async def sync(self, market: MarketSnapshot) -> None:
+        """Give the adapter the market, then bring every live order up to date."""
+        await self.adapter.on_market(market)
+        for client_order_id in list(self.book.live_orders):
+            order = self.book.live_orders.get(client_order_id)
+            if order is None:
+                continue
+            try:
+                snapshot = await self.adapter.fetch_order(client_order_id, order.symbol)
+            except OrderNotFound:
+                await self._unknown_to_exchange(order)
+                continue
+            except TransientExchangeError as exc:
+                log.warning(
+                    "%s: could not refresh order %d: %s", self.identity.bot, client_order_id, exc
+                )
+                continue
+            await self._apply(client_order_id, snapshot, "sync")
+
+    async def cancel(self, client_order_id: int, reason: str = "cancelled by strategy") -> bool:
+        order = self.book.live_orders.get(client_order_id)
+        if order is None:
+            return False
+        try:
+            snapshot = await self.adapter.cancel_order(client_order_id, order.symbol)
+        except OrderNotFound:
+            await self._unknown_to_exchange(order)
+            return True
+        await self._apply(client_order_id, snapshot, reason)
+        return True
+
+    async def cancel_all(self, reason: str) -> list[str]:
+        """Cancel every live order; returns the errors (empty when all are cancelled)."""
+        errors: list[str] = []
+        for client_order_id in list(self.book.live_orders):
+            try:
+                await self.cancel(client_order_id, reason)
+            except ExchangeError as exc:
+                errors.append(f"order {client_order_id}: {exc}")
+                log.error(
+                    "%s: could not cancel order %d: %s", self.identity.bot, client_order_id, exc
+                )
+        return errors
+
+    # -- applying what the exchange says ---------------------------------------------------------
+
+    async def _apply(self, client_order_id: int, snapshot: OrderSnapshot, detail: str) -> None:
+        async with self._apply_lock:
+            order = self.book.live_orders.get(client_order_id)
+            if order is None:
+                return  # already terminal
+            seen = self.book.trade_ids.setdefault(client_order_id, set())
+            new_trades = [t for t in snapshot.trades if t.trade_id not in seen]
+            status = _STATUS_FROM_EXCHANGE[snapshot.status]
+            if status is order.status and not new_trades and snapshot.filled == order.filled:
+                return
+            now = self._clock()
+            position = self.book.position
+            balances = dict(self.book.balances)
+            changed: dict[str, Decimal] = {}
+            fills: list[FillRecord] = []
+            for trade in new_trades:
+                fee_in_quote = self._fee_in_quote(trade.fee, trade.fee_currency, trade.price)
+                position = position.apply_fill(order.side, trade.amount, trade.price, fee_in_quote)
+                deltas = balance_changes(
+                    order.side,
+                    trade.amount,
+                    trade.price,
+                    trade.fee,
+                    trade.fee_currency,
+                    self.identity.base_asset,
+                    self.identity.quote_asset,
+                )
+                new_totals = apply_changes(balances, deltas)
+                balances.update(new_totals)
+                changed.update(new_totals)
+                fills.append(
+                    FillRecord(
+                        client_order_id,
+                        order.bot,
+                        trade.trade_id,
+                        order.side,
+                        trade.amount,
+                        trade.price,
+                        trade.fee,
+                        trade.fee_currency,
+                        trade.timestamp,
+                    )
+                )
+            updated = replace(
+                order,
+                status=status,
+                filled=snapshot.filled,
+                exchange_order_id=snapshot.exchange_order_id or order.exchange_order_id,
+                reason=snapshot.reason or order.reason,
+            )
+            await self.journal.record_update(
+                OrderUpdate(
+                    updated,
+                    order.status,
+                    now,
+                    fills=fills,
+                    position=position if fills else None,
+                    balances=changed,
+                    detail=detail,
+                )
+            )
+            # Committed: now the book may change.
+            self.book.position = position
+            self.book.balances = balances
+            self.book.fills_count += len(fills)
+            seen.update(t.trade_id for t in new_trades)
+            self.book.unseen_fills.extend(
+                FillView(client_order_id, order.side, f.amount, f.price, order.tag) for f in fills
+            )
+            if updated.is_terminal:
+                self._forget(client_order_id)
+            else:
+                self.book.live_orders[client_order_id] = updated
+        for fill in fills:
+            log.info(
+                "%s: fill %s %s %s @ %s (order %d)",
+                order.bot,
+                order.side.value,
+                fill.amount,
+                order.symbol,
+                fill.price,
+                client_order_id,
+            )
+
+    def _fee_in_quote(self, fee: Decimal, currency: str, price: Decimal) -> Decimal:
+        if currency == self.identity.quote_asset:
+            return fee
+        if currency == self.identity.base_asset:
+            return fee * price
+        return Decimal(0)  # another asset (an exchange token): it shows in balances only
+
+    def _forget(self, client_order_id: int) -> None:
+        self.book.live_orders.pop(client_order_id, None)
+        self.book.trade_ids.pop(client_order_id, None)

@@ -1,0 +1,121 @@
+"""Versioned schema migrations for the SQLite store.
+
+Each migration runs in one transaction with its row in `schema_migrations`, so a failed migration
+leaves the database at the previous version. A database newer than this code is refused rather
+than written to by code that does not know its shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "journal: bots, orders, order events, fills, positions, balances, audit",
+        """
+        CREATE TABLE bots (
+            name            TEXT PRIMARY KEY,
+            exchange        TEXT NOT NULL,
+            symbol          TEXT NOT NULL,
+            mode            TEXT NOT NULL,
+            state           TEXT NOT NULL DEFAULT 'stopped',
+            safe_mode       INTEGER NOT NULL DEFAULT 0,
+            restarts        INTEGER NOT NULL DEFAULT 0,
+            last_error      TEXT,
+            last_tick_at    TEXT,
+            strategy_state  TEXT NOT NULL DEFAULT '{}',
+            updated_at      TEXT NOT NULL
+        );
+        CREATE TABLE orders (
+            client_order_id   INTEGER PRIMARY KEY,
+            bot               TEXT NOT NULL REFERENCES bots(name),
+            exchange          TEXT NOT NULL,
+            symbol            TEXT NOT NULL,
+            side              TEXT NOT NULL CHECK (side IN ('buy', 'sell')),
+            type              TEXT NOT NULL CHECK (type IN ('market', 'limit')),
+            amount            TEXT NOT NULL,
+            price             TEXT,
+            status            TEXT NOT NULL,
+            exchange_order_id TEXT,
+            filled            TEXT NOT NULL DEFAULT '0',
+            tag               TEXT NOT NULL DEFAULT '',
+            reason            TEXT,
+            created_at        TEXT NOT NULL,
+            updated_at        TEXT NOT NULL
+        );
+        CREATE INDEX orders_by_bot_status ON orders (bot, status);
+        CREATE TABLE order_events (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            client_order_id INTEGER NOT NULL REFERENCES orders(client_order_id),
+            at              TEXT NOT NULL,
+            from_status     TEXT,
+            to_status       TEXT NOT NULL,
+            detail          TEXT
+        );
+        CREATE INDEX order_events_by_order ON order_events (client_order_id);
+        CREATE TABLE fills (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            client_order_id INTEGER NOT NULL REFERENCES orders(client_order_id),
+            bot             TEXT NOT NULL REFERENCES bots(name),
+            trade_id        TEXT NOT NULL,
+            side            TEXT NOT NULL CHECK (side IN ('buy', 'sell')),
+            amount          TEXT NOT NULL,
+            price           TEXT NOT NULL,
+            fee             TEXT NOT NULL,
+            fee_currency    TEXT NOT NULL,
+            executed_at     TEXT NOT NULL,
+            recorded_at     TEXT NOT NULL,
+            UNIQUE (client_order_id, trade_id)
+        );
+        CREATE INDEX fills_by_bot ON fills (bot);
+        CREATE TABLE positions (
+            bot             TEXT PRIMARY KEY REFERENCES bots(name),
+            symbol          TEXT NOT NULL,
+            base            TEXT NOT NULL,
+            avg_entry_price TEXT NOT NULL,
+            realized_pnl    TEXT NOT NULL,
+            fees_paid       TEXT NOT NULL,
+            updated_at      TEXT NOT NULL
+        );
+        CREATE TABLE balances (
+            bot         TEXT NOT NULL REFERENCES bots(name),
+            asset       TEXT NOT NULL,
+            total       TEXT NOT NULL,
+            updated_at  TEXT NOT NULL,
+            PRIMARY KEY (bot, asset)
+        );
+        -- Every change to a balance that is not a fill (a paper account's opening balance, later
+        -- a reconciliation correction) is an entry here, so balances always equal
+        -- adjustments + fills.
+        CREATE TABLE balance_adjustments (
+            id      INTEGER PRIMARY KEY AUTOINCREMENT,
+            bot     TEXT NOT NULL REFERENCES bots(name),
+            asset   TEXT NOT NULL,
+            amount  TEXT NOT NULL,
+            reason  TEXT NOT NULL,
+            at      TEXT NOT NULL
+        );
+        CREATE TABLE audit_events (
+            id      INTEGER PRIMARY KEY AUTOINCREMENT,
+            at      TEXT NOT NULL,
+            actor   TEXT NOT NULL,
+            action  TEXT NOT NULL,
+            subject TEXT,
+            reason  TEXT,
+            result  TEXT NOT NULL,
+            details TEXT NOT NULL DEFAULT '{}'
+        );
+        """,
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
