@@ -27,6 +27,7 @@ class BotBook:
     refusals: dict[str, int] = field(default_factory=dict)  # our gates' reason code -> count
     errors: dict[str, int] = field(default_factory=dict)  # exchange failures by kind -> count
     last_order_at: datetime | None = None
+    last_price: Decimal | None = None  # the market's last price at the latest sync
     unseen_fills: list[FillView] = field(default_factory=list)  # since the strategy last looked
 
     @classmethod

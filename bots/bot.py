@@ -49,6 +49,7 @@ class Bot:
         save_state: SaveState,
         stats: TickStats | None = None,
         clock: Callable[[], datetime] | None = None,
+        on_tick: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
         self.strategy = strategy
@@ -59,6 +60,7 @@ class Bot:
         self._save_state = save_state
         self._clock = clock or (lambda: datetime.now(UTC))
         self._saved_state: dict[str, Any] | None = None
+        self._on_tick = on_tick
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until `stop` is set. The first tick is immediate."""
@@ -107,6 +109,8 @@ class Bot:
         self.stats.last_market = market
         self.stats.last_skip_reason = None
         self.stats.healthy.set()
+        if self._on_tick is not None:
+            await self._on_tick()
 
     async def _persist_strategy_state(self) -> None:
         state = self.strategy.state()

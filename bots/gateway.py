@@ -242,6 +242,7 @@ class OrderGateway:
 
     async def sync(self, market: MarketSnapshot) -> None:
         """Give the adapter the market, then bring every live order up to date."""
+        self.book.last_price = market.last
         await self.adapter.on_market(market)
         for client_order_id in list(self.book.live_orders):
             order = self.book.live_orders.get(client_order_id)
