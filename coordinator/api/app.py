@@ -1,0 +1,101 @@
+"""The control plane: an aiohttp application over a `Coordinator`.
+
+Handlers parse, call the coordinator, and answer JSON. Reads are open to the local machine;
+every mutating request needs `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from coordinator.api.auth import ControlToken
+from coordinator.api.errors import Handler, error_response, json_errors
+from coordinator.api.requests import (
+    MAX_BODY_BYTES,
+    EmptyRequest,
+    StartRequest,
+    StopRequest,
+    parse_body,
+)
+from coordinator.errors import BadRequest
+from coordinator.runtime import Coordinator
+
+COORDINATOR = web.AppKey("coordinator", Coordinator)
+TOKEN = web.AppKey("token", ControlToken)
+
+OPERATOR = "operator-token"
+_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def make_app(coordinator: Coordinator, token: ControlToken) -> web.Application:
+    app = web.Application(middlewares=[json_errors, require_token], client_max_size=MAX_BODY_BYTES)
+    app[COORDINATOR] = coordinator
+    app[TOKEN] = token
+    app.router.add_get("/status", get_status)
+    app.router.add_get("/health", get_health)
+    app.router.add_get("/audit", get_audit)
+    app.router.add_post("/start", post_start)
+    app.router.add_post("/stop", post_stop)
+    app.router.add_post("/start-sequential", post_start_sequential)
+    return app
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method not in _MUTATING:
+        return await handler(request)
+    token = request.app[TOKEN]
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    challenge = {"WWW-Authenticate": 'Bearer realm="bot-coordinator"'}
+    if not header:
+        return error_response(
+            401,
+            "unauthorized",
+            f"{request.method} {request.path} needs 'Authorization: Bearer <token>'; "
+            f"the token is in {token.where()}",
+            challenge,
+        )
+    if scheme.lower() != "bearer" or not token.matches(presented.strip()):
+        return error_response(401, "unauthorized", "invalid token", challenge)
+    return await handler(request)
+
+
+async def get_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[COORDINATOR].status())
+
+
+async def get_health(request: web.Request) -> web.Response:
+    coordinator = request.app[COORDINATOR]
+    return web.json_response(
+        {
+            "status": "ok" if coordinator.accepting else "shutting_down",
+            "store_backlog": coordinator.store.backlog,
+        }
+    )
+
+
+async def get_audit(request: web.Request) -> web.Response:
+    raw = request.query.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise BadRequest(f"limit: must be a whole number from 1 to 1000, got {raw!r}")
+    events = await request.app[COORDINATOR].journal.recent_audit(int(raw))
+    return web.json_response({"events": events})
+
+
+async def post_start(request: web.Request) -> web.Response:
+    body = await parse_body(request, StartRequest)
+    bot = await request.app[COORDINATOR].start_bot(body.bot, body.safe_mode, OPERATOR)
+    return web.json_response({"started": body.bot, "bot": bot})
+
+
+async def post_stop(request: web.Request) -> web.Response:
+    body = await parse_body(request, StopRequest)
+    bot = await request.app[COORDINATOR].stop_bot(body.bot, OPERATOR, body.reason)
+    return web.json_response({"stopped": body.bot, "bot": bot})
+
+
+async def post_start_sequential(request: web.Request) -> web.Response:
+    await parse_body(request, EmptyRequest)
+    result = await request.app[COORDINATOR].start_sequential(OPERATOR)
+    return web.json_response({"ok": result["failed"] is None, **result})

@@ -1,0 +1,62 @@
+"""Request bodies: strict models, and one parser that names the field and the reason."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+
+from coordinator.errors import BadRequest
+
+MAX_BODY_BYTES = 64 * 1024
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StartRequest(_Body):
+    bot: str = Field(min_length=1, max_length=64)
+    safe_mode: StrictBool = False
+
+
+class StopRequest(_Body):
+    bot: str = Field(min_length=1, max_length=64)
+    reason: str = Field(default="stopped by operator", min_length=1, max_length=500)
+
+
+class EmptyRequest(_Body):
+    pass
+
+
+async def parse_body(request: web.Request, model: type[Model]) -> Model:
+    raw = await request.read()
+    data: Any = {}
+    if raw.strip():
+        try:
+            data = json.loads(raw)
+        except UnicodeDecodeError as exc:
+            raise BadRequest("the request body is not UTF-8 text") from exc
+        except json.JSONDecodeError as exc:
+            raise BadRequest(
+                f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+            ) from exc
+    if not isinstance(data, dict):
+        raise BadRequest(f"the request body must be a JSON object, not {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest("; ".join(_describe(error) for error in exc.errors())) from exc
+
+
+def _describe(error: Any) -> str:
+    field = ".".join(str(part) for part in error["loc"]) or "body"
+    if error["type"] == "extra_forbidden":
+        return f"{field}: unknown field"
+    if error["type"] == "missing":
+        return f"{field}: required"
+    return f"{field}: {error['msg']}"

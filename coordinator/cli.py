@@ -1,0 +1,161 @@
+"""`bot-coordinator`: run the coordinator and its control plane.
+
+Exit codes: 0 clean stop; 1 could not start (port in use, another coordinator on the data dir,
+unusable database); 2 bad configuration or arguments, with every problem listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+from coordinator import __version__
+from coordinator.api.auth import TokenError, load_or_create_token
+from coordinator.config import ConfigError, embedded_config_dir, load_config
+from coordinator.config.models import CoordinatorConfig
+from coordinator.logging_setup import configure_logging
+from coordinator.server import ServerOptions, StartupError, serve
+from coordinator.store.sqlite import StoreError
+
+log = logging.getLogger("coordinator")
+
+EXIT_OK = 0
+EXIT_START_FAILED = 1
+EXIT_BAD_CONFIG = 2
+DEFAULT_CONFIG_DIR = Path("config")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bot-coordinator",
+        description="Supervise trading bots and answer the control plane on 127.0.0.1:8000.",
+    )
+    parser.add_argument("--version", action="version", version=f"bot-coordinator {__version__}")
+    parser.add_argument("--host", default="127.0.0.1", help="control plane address (127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=8000, help="control plane port (8000)")
+    parser.add_argument(
+        "--config-dir",
+        type=Path,
+        default=None,
+        help="the operator's JSON config (./config; the embedded default when ./config is absent)",
+    )
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="database and token")
+    parser.add_argument("--log-dir", type=Path, default=Path("logs"), help="JSON-lines log")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.add_argument(
+        "--no-uvloop", action="store_true", help="use the standard asyncio loop instead of uvloop"
+    )
+    return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--port: {text!r} is not a number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"--port: {port} is outside 1-65535")
+    return port
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config_dir = _config_dir(args.config_dir)
+    try:
+        config = load_config(config_dir)
+    except ConfigError as exc:
+        _say(f"bot-coordinator: the configuration in {config_dir} is invalid:")
+        for issue in exc.issues:
+            _say(f"  {issue}")
+        _say("nothing was started; fix the files above and start again")
+        return EXIT_BAD_CONFIG
+    try:
+        listener = configure_logging(args.log_dir, args.log_level)
+    except OSError as exc:
+        _say(f"bot-coordinator: cannot write logs to {args.log_dir}: {exc}")
+        return EXIT_BAD_CONFIG
+    try:
+        return _run(args, config_dir, config)
+    finally:
+        listener.stop()
+
+
+def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) -> int:
+    if config_dir != DEFAULT_CONFIG_DIR and args.config_dir is None:
+        log.info("no ./config here: running on the embedded default config (%s)", config_dir)
+    try:
+        args.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = _lock_data_dir(args.data_dir)
+        token = load_or_create_token(args.data_dir)
+    except (OSError, TokenError, StartupError) as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_START_FAILED
+    options = ServerOptions(args.host, args.port, args.data_dir)
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory(args.no_uvloop)) as runner:
+            runner.run(serve(config, options, token))
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_START_FAILED
+    except StoreError as exc:
+        log.error("cannot use the database in %s: %s", args.data_dir, exc)
+        return EXIT_START_FAILED
+    finally:
+        lock.close()
+    return EXIT_OK
+
+
+def _config_dir(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    if (DEFAULT_CONFIG_DIR / "bots.json").exists():
+        return DEFAULT_CONFIG_DIR
+    return embedded_config_dir()
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    """One coordinator per data dir: two would trade the same accounts from two journals."""
+    handle = (data_dir / "coordinator.lock").open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StartupError(
+            f"another coordinator (pid {holder}) is running on {data_dir}; stop it first"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _loop_factory(no_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop]:
+    if not no_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            log.info("uvloop is not installed; using the standard asyncio loop")
+        else:
+            factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+            return factory
+    return asyncio.new_event_loop
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Errors the coordinator raises to its callers (the control plane turns them into responses).
+
+Each carries an HTTP status and a stable code, so the API layer has one mapping and the CLI can
+print the same message.
+"""
+
+from __future__ import annotations
+
+
+class CoordinatorError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(CoordinatorError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(CoordinatorError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(CoordinatorError):
+    status = 404
+    code = "not_found"
+
+
+class UnknownBot(NotFound):
+    code = "unknown_bot"
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"no bot named {name!r}; configured bots: {', '.join(known) or 'none'}")
+
+
+class Conflict(CoordinatorError):
+    status = 409
+    code = "conflict"
+
+
+class WrongState(Conflict):
+    code = "wrong_state"
+
+
+class ShuttingDown(CoordinatorError):
+    status = 503
+    code = "shutting_down"

@@ -1,0 +1,291 @@
+"""The coordinator: one object that owns the store, the bots and their supervision.
+
+The control plane and the CLI call it; it has no web or CLI concerns. Every control action is
+audited (who, what, why, result) before its answer returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bots.ids import ClientOrderIds
+from coordinator import __version__
+from coordinator.config.models import CoordinatorConfig
+from coordinator.errors import CoordinatorError, ShuttingDown
+from coordinator.lifecycle import BotState
+from coordinator.store.journal import SqliteJournal, iso
+from coordinator.store.sqlite import SqliteStore
+from coordinator.supervisor import BotRunner, Supervisor
+from coordinator.wiring import PublicExchanges, build_bot_parts
+
+log = logging.getLogger(__name__)
+
+DATABASE_FILE = "coordinator.db"
+
+
+class Coordinator:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        store: SqliteStore,
+        journal: SqliteJournal,
+        supervisor: Supervisor,
+        public: PublicExchanges,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.journal = journal
+        self.supervisor = supervisor
+        self.public = public
+        self.clock = clock
+        self.started_at = clock()
+        self._started_monotonic = time.monotonic()
+        self.accepting = True
+
+    @classmethod
+    async def open(
+        cls,
+        config: CoordinatorConfig,
+        data_dir: Path,
+        clock: Callable[[], datetime] | None = None,
+    ) -> Coordinator:
+        clock = clock or (lambda: datetime.now(UTC))
+        store = await SqliteStore.open(data_dir / DATABASE_FILE)
+        public = PublicExchanges()
+        try:
+            journal = SqliteJournal(store)
+            ids = ClientOrderIds(floor=await journal.max_client_order_id())
+            runners: dict[str, BotRunner] = {}
+            for bot in config.bots.bots:
+                await journal.register_bot(
+                    bot.name, bot.exchange, bot.symbol, bot.mode.value, clock()
+                )
+                persisted = dict(await journal.load_bot_row(bot.name) or {})
+                await _note_unclean_end(journal, bot.name, persisted, clock())
+                parts = await build_bot_parts(bot, config, journal, public, clock)
+                runners[bot.name] = BotRunner(
+                    parts, journal, ids, config.recovery, _decode_row(persisted), clock
+                )
+                await journal.save_bot_state(bot.name, clock(), state=BotState.STOPPED.value)
+        except BaseException:
+            await public.close()
+            await store.close()
+            raise
+        supervisor = Supervisor(runners, config.recovery)
+        coordinator = cls(config, store, journal, supervisor, public, clock)
+        await journal.audit(
+            actor="coordinator",
+            action="coordinator.start",
+            result="ok",
+            at=clock(),
+            details={
+                "version": __version__,
+                "bots": list(runners),
+                "config": str(config.source_dir),
+            },
+        )
+        return coordinator
+
+    # -- control actions (audited) ---------------------------------------------------------------
+
+    async def start_bot(self, name: str, safe_mode: bool, actor: str) -> dict[str, Any]:
+        self._check_accepting()
+        runner = self.supervisor.runner(name)
+        await self._audited(
+            actor,
+            "bot.start",
+            name,
+            self.supervisor.start(name, safe_mode),
+            {"safe_mode": safe_mode},
+        )
+        return self.bot_status(runner)
+
+    async def stop_bot(self, name: str, actor: str, reason: str) -> dict[str, Any]:
+        self._check_accepting()
+        runner = self.supervisor.runner(name)
+        errors = await self._audited(
+            actor, "bot.stop", name, self.supervisor.stop(name, reason), {"reason": reason}
+        )
+        return {**self.bot_status(runner), "cancel_errors": errors}
+
+    async def start_sequential(self, actor: str) -> dict[str, Any]:
+        self._check_accepting()
+        result: dict[str, Any] = await self._audited(
+            actor, "bots.start_sequential", None, self.supervisor.start_sequential(), {}
+        )
+        return result
+
+    async def _audited(
+        self,
+        actor: str,
+        action: str,
+        subject: str | None,
+        operation: Any,
+        details: dict[str, Any],
+    ) -> Any:
+        try:
+            outcome = await operation
+        except CoordinatorError as exc:
+            await self.journal.audit(
+                actor=actor,
+                action=action,
+                subject=subject,
+                result=f"refused: {exc.message}",
+                at=self.clock(),
+                details=details,
+            )
+            raise
+        except Exception as exc:
+            await self.journal.audit(
+                actor=actor,
+                action=action,
+                subject=subject,
+                result=f"error: {exc!r}",
+                at=self.clock(),
+                details=details,
+            )
+            raise
+        await self.journal.audit(
+            actor=actor,
+            action=action,
+            subject=subject,
+            result="ok",
+            at=self.clock(),
+            details={**details, "outcome": outcome} if isinstance(outcome, dict) else details,
+        )
+        return outcome
+
+    def _check_accepting(self) -> None:
+        if not self.accepting:
+            raise ShuttingDown("the coordinator is shutting down; no new actions are taken")
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "kill_switch_active": False,
+            "bots": [self.bot_status(r) for r in self.supervisor.runners.values()],
+            "circuit_breaker": {},
+            "coordinator": {
+                "version": __version__,
+                "started_at": iso(self.started_at),
+                "uptime_seconds": round(time.monotonic() - self._started_monotonic, 1),
+                "accepting_actions": self.accepting,
+                "config_dir": str(self.config.source_dir),
+            },
+            "store": {
+                "path": str(self.store.path),
+                "backlog": self.store.backlog,
+                **self.store.stats.as_dict(),
+            },
+        }
+
+    def bot_status(self, runner: BotRunner) -> dict[str, Any]:
+        book = runner.parts.book
+        config = runner.parts.config
+        last_price = book.last_price
+        position = book.position
+        unrealized = position.unrealized_pnl(last_price) if last_price is not None else Decimal(0)
+        return {
+            "name": runner.name,
+            "exchange": config.exchange,
+            "symbol": config.symbol,
+            "mode": config.mode.value,
+            "safe_mode": runner.safe_mode,
+            "market_data": config.market_data.value,
+            "strategy": config.strategy.name,
+            "state": runner.state.value,
+            "orders": book.orders_count,
+            "fills": book.fills_count,
+            "open_orders": len(book.live_orders),
+            "position": {
+                "base": float(position.base),
+                "avg_entry_price": float(position.avg_entry_price),
+                "notional": float(position.base * last_price) if last_price is not None else None,
+            },
+            "pnl": {
+                "currency": config.quote_asset,
+                "realized": float(position.realized_pnl),
+                "unrealized": float(unrealized),
+                "fees": float(position.fees_paid),
+                "total": float(position.realized_pnl + unrealized - position.fees_paid),
+            },
+            "balances": {asset: float(total) for asset, total in sorted(book.balances.items())},
+            "last_price": float(last_price) if last_price is not None else None,
+            "last_tick": iso(runner.stats.last_tick_at) if runner.stats.last_tick_at else None,
+            "ticks": runner.stats.ticks,
+            "skipped_ticks": runner.stats.skipped_ticks,
+            "restarts": runner.restarts,
+            "consecutive_crashes": runner.consecutive_crashes,
+            "next_restart_at": iso(runner.next_restart_at) if runner.next_restart_at else None,
+            "error": runner.last_error,
+            "refusals": dict(book.refusals),
+            "order_errors": dict(book.errors),
+        }
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    async def close(self, reason: str = "coordinator shutdown") -> None:
+        """Stop taking actions, stop every bot (cancelling open orders), then close everything."""
+        self.accepting = False
+        errors = await self.supervisor.stop_all(reason)
+        for runner in self.supervisor.runners.values():
+            await _close_quietly(runner.name, runner.parts.feed.close())
+            await _close_quietly(runner.name, runner.parts.adapter.close())
+        await self.public.close()
+        await self.journal.audit(
+            actor="coordinator",
+            action="coordinator.stop",
+            result="ok" if not errors else "errors",
+            at=self.clock(),
+            reason=reason,
+            details={"cancel_errors": errors},
+        )
+        await self.store.close()
+
+
+async def _close_quietly(name: str, closing: Any) -> None:
+    try:
+        await asyncio.wait_for(closing, timeout=1.0)
+    except Exception as exc:  # closing is best effort at shutdown; say so
+        log.warning("%s: close failed: %r", name, exc)
+
+
+async def _note_unclean_end(
+    journal: SqliteJournal, name: str, row: dict[str, Any], at: datetime
+) -> None:
+    state = row.get("state")
+    if state and state != BotState.STOPPED.value:
+        log.warning(
+            "%s: was %s when the previous coordinator process ended; it stays stopped "
+            "until an operator starts it",
+            name,
+            state,
+        )
+        await journal.audit(
+            actor="coordinator",
+            action="bot.recovered_after_unclean_end",
+            subject=name,
+            result="stopped",
+            at=at,
+            details={"was": state},
+        )
+
+
+def _decode_row(row: dict[str, Any]) -> dict[str, Any]:
+    decoded = dict(row)
+    try:
+        decoded["strategy_state"] = json.loads(row.get("strategy_state") or "{}")
+    except ValueError:
+        log.warning("%s: persisted strategy state is not JSON; starting fresh", row.get("name"))
+        decoded["strategy_state"] = {}
+    return decoded

@@ -1,0 +1,1 @@
+"""The safety layer: gates every order must pass."""

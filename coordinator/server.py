@@ -1,0 +1,121 @@
+"""Run the coordinator and its control plane until SIGINT or SIGTERM, then shut down cleanly.
+
+Shutdown is two steps under one deadline: stop taking actions and stop every bot (their ticks end,
+open orders are cancelled, state is persisted), then close the store and the HTTP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from coordinator import __version__
+from coordinator.api.app import make_app
+from coordinator.api.auth import ControlToken
+from coordinator.config.models import CoordinatorConfig
+from coordinator.runtime import Coordinator
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_DEADLINE_SECONDS = 5.0
+
+
+class StartupError(Exception):
+    """The coordinator could not start; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    host: str
+    port: int
+    data_dir: Path
+
+
+async def serve(
+    config: CoordinatorConfig,
+    options: ServerOptions,
+    token: ControlToken,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until `stop` is set (by a signal, when not given)."""
+    stop = stop or _stop_on_signals()
+    coordinator = await Coordinator.open(config, options.data_dir)
+    runner = web.AppRunner(make_app(coordinator, token), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, options.host, options.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"failed: {exc}"
+            raise StartupError(
+                f"cannot listen on {options.host}:{options.port}: the port {reason}; "
+                f"stop the other process or pass --port"
+            ) from exc
+        _announce(coordinator, options, token)
+        await stop.wait()
+        log.info("shutting down: stopping bots and cancelling their open orders")
+    finally:
+        await _shutdown(coordinator, runner)
+
+
+async def _shutdown(coordinator: Coordinator, runner: web.AppRunner) -> None:
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    try:
+        await asyncio.wait_for(coordinator.close(), timeout=SHUTDOWN_DEADLINE_SECONDS - 0.5)
+    except TimeoutError:
+        log.critical(
+            "shutdown deadline passed before every bot stopped; every committed write is on "
+            "disk, and orders left open are resolved at the next start"
+        )
+    finally:
+        await runner.cleanup()
+    log.info("stopped cleanly in %.2fs", loop.time() - began)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def request_stop(signame: str) -> None:
+        if stop.is_set():
+            log.warning("%s again: already shutting down", signame)
+            return
+        log.info("%s received", signame)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, request_stop, sig.name)
+    return stop
+
+
+def _announce(coordinator: Coordinator, options: ServerOptions, token: ControlToken) -> None:
+    bots = coordinator.config.bots.bots
+    modes = ", ".join(f"{b.name} ({b.mode.value}, {b.market_data.value} data)" for b in bots)
+    log.info(
+        "bot-coordinator %s listening on http://%s:%d with %d bots: %s",
+        __version__,
+        options.host,
+        options.port,
+        len(bots),
+        modes,
+    )
+    if token.source == "file":
+        hint = f"export TOKEN=$(cat {token.path})"
+    else:
+        hint = "the token is in $BOT_COORDINATOR_TOKEN"
+    log.info("control token: %s  (%s)", token.where(), hint)
+    log.info("ready: curl http://%s:%d/status", options.host, options.port)
+    if options.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "the control plane listens on %s, not loopback: anything that reaches this machine "
+            "can read /status",
+            options.host,
+        )

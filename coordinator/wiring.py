@@ -1,0 +1,112 @@
+"""Build each bot's parts from its config: account, market feed, book, strategy, gates."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from bots.book import BotBook
+from bots.exchanges.paper import PaperExchange
+from bots.feeds.base import MarketFeed
+from bots.feeds.ccxt_public import CcxtPublicFeed, make_public_exchange
+from bots.feeds.simulated import SimulatedFeed
+from bots.gateway import BotIdentity, OrderGate, ReadOnlyGate
+from bots.strategies.base import Strategy
+from bots.strategies.registry import STRATEGIES
+from coordinator.config.models import BotConfig, BotMode, CoordinatorConfig, MarketDataSource
+from coordinator.safety.safe_mode import SafeModeGate
+from coordinator.store.journal import SqliteJournal
+from coordinator.supervisor import BotParts
+
+log = logging.getLogger(__name__)
+
+
+class PublicExchanges:
+    """One public (keyless) ccxt instance per exchange id, shared by every feed on it, with one
+    SSL context for all; closed at shutdown."""
+
+    def __init__(self) -> None:
+        self._instances: dict[str, Any] = {}
+        self._ssl_context: ssl.SSLContext | None = None
+
+    def get(self, exchange_id: str) -> Any:
+        if exchange_id not in self._instances:
+            if self._ssl_context is None:
+                self._ssl_context = ssl.create_default_context()
+            self._instances[exchange_id] = make_public_exchange(exchange_id, self._ssl_context)
+        return self._instances[exchange_id]
+
+    async def close(self) -> None:
+        for exchange_id, instance in self._instances.items():
+            try:
+                await instance.close()
+            except Exception as exc:  # closing is best effort; say so
+                log.warning("closing the %s market data connection failed: %r", exchange_id, exc)
+        self._instances.clear()
+
+
+async def build_bot_parts(
+    bot: BotConfig,
+    config: CoordinatorConfig,
+    journal: SqliteJournal,
+    public: PublicExchanges,
+    clock: Callable[[], datetime],
+) -> BotParts:
+    book = BotBook.from_snapshot(await journal.load_book(bot.name))
+    if not book.balances:
+        opening = dict(bot.paper.initial_balances)
+        await journal.seed_balances(bot.name, opening, "paper account opening balance", clock())
+        book.balances = opening
+        log.info("%s: paper account opened with %s", bot.name, _show_balances(opening))
+    adapter = PaperExchange(
+        f"paper-{bot.exchange}",
+        bot.symbol,
+        book.balances,
+        fee_rate=bot.paper.fee_rate,
+        slippage_bps=bot.paper.slippage_bps,
+        amount_decimals=bot.paper.amount_decimals,
+        price_decimals=bot.feed.price_decimals,
+        clock=clock,
+    )
+    spec = STRATEGIES[bot.strategy.name]
+    params = bot.strategy.params
+
+    def make_strategy() -> Strategy:
+        return spec.build(params, bot.symbol)
+
+    gates: list[OrderGate] = [ReadOnlyGate()] if bot.mode is BotMode.READ_ONLY else []
+    return BotParts(
+        config=bot,
+        identity=BotIdentity(bot.name, bot.exchange, bot.symbol, bot.base_asset, bot.quote_asset),
+        adapter=adapter,
+        feed=_build_feed(bot, public, clock),
+        book=book,
+        make_strategy=make_strategy,
+        gates=gates,
+        safe_mode_gates=[SafeModeGate(config.limits.limits_for(bot.name), config.limits.safe_mode)],
+    )
+
+
+def _build_feed(
+    bot: BotConfig, public: PublicExchanges, clock: Callable[[], datetime]
+) -> MarketFeed:
+    if bot.market_data is MarketDataSource.EXCHANGE:
+        return CcxtPublicFeed(public.get(bot.exchange), bot.symbol)
+    return SimulatedFeed(
+        bot.symbol,
+        bot.feed.start_price,
+        drift_per_hour=bot.feed.drift_per_hour,
+        volatility_per_hour=bot.feed.volatility_per_hour,
+        spread_bps=bot.feed.spread_bps,
+        seed=bot.feed.seed,
+        step_seconds=bot.tick_interval_seconds,
+        price_decimals=bot.feed.price_decimals,
+        clock=clock,
+    )
+
+
+def _show_balances(balances: dict[str, Any]) -> str:
+    return ", ".join(f"{amount} {asset}" for asset, amount in sorted(balances.items()))
