@@ -244,6 +244,12 @@ class OrderGateway:
         """Give the adapter the market, then bring every live order up to date."""
         self.book.last_price = market.last
         await self.adapter.on_market(market)
+        await self.refresh_live_orders("sync")
+
+    async def refresh_live_orders(self, detail: str) -> int:
+        """Ask the exchange about every order the journal holds live; returns how many are
+        still unresolved (the exchange could not be asked)."""
+        unresolved = 0
         for client_order_id in list(self.book.live_orders):
             order = self.book.live_orders.get(client_order_id)
             if order is None:
@@ -254,11 +260,13 @@ class OrderGateway:
                 await self._unknown_to_exchange(order)
                 continue
             except TransientExchangeError as exc:
+                unresolved += 1
                 log.warning(
                     "%s: could not refresh order %d: %s", self.identity.bot, client_order_id, exc
                 )
                 continue
-            await self._apply(client_order_id, snapshot, "sync")
+            await self._apply(client_order_id, snapshot, detail)
+        return unresolved
 
     async def cancel(self, client_order_id: int, reason: str = "cancelled by strategy") -> bool:
         order = self.book.live_orders.get(client_order_id)

@@ -69,7 +69,13 @@ async def _shutdown(coordinator: Coordinator, runner: web.AppRunner) -> None:
     loop = asyncio.get_running_loop()
     began = loop.time()
     try:
-        await asyncio.wait_for(coordinator.close(), timeout=SHUTDOWN_DEADLINE_SECONDS - 0.5)
+        # Leave room after the bots' grace for cancelling orders and closing the store.
+        grace = min(
+            coordinator.config.recovery.shutdown.grace_seconds, SHUTDOWN_DEADLINE_SECONDS - 2
+        )
+        await asyncio.wait_for(
+            coordinator.close(grace_seconds=grace), timeout=SHUTDOWN_DEADLINE_SECONDS - 0.5
+        )
     except TimeoutError:
         log.critical(
             "shutdown deadline passed before every bot stopped; every committed write is on "

@@ -87,6 +87,11 @@ class BotRunner:
                 f"when stopped or crashed"
             )
         await self._end_task()  # a crashed bot may be waiting out its backoff
+        if self.state not in STARTABLE:  # another start or a stop came first while we waited
+            raise WrongState(
+                f"bot {self.name!r} is {self.state.value}; it was started or stopped "
+                "by another request meanwhile"
+            )
         self.safe_mode = safe_mode
         self.consecutive_crashes = 0
         self.next_restart_at = None
@@ -106,8 +111,10 @@ class BotRunner:
                 f"bot {self.name!r} is {self.state.value}; only a starting, running "
                 f"or crashed bot can be stopped"
             )
-        await self._move(BotState.STOPPING)
+        # Set first: a tick that crashes while STOPPING is being written is a crash during the
+        # stop, not one to record and restart from (CRASHED is not reachable from STOPPING).
         self._stop.set()
+        await self._move(BotState.STOPPING)
         task = self._task
         if task is not None and not task.done():
             done, _ = await asyncio.wait({task}, timeout=grace_seconds)
@@ -328,11 +335,14 @@ class Supervisor:
                 result["started"].append(runner.name)
             return result
 
-    async def stop_all(self, reason: str) -> dict[str, list[str]]:
+    async def stop_all(
+        self, reason: str, grace_seconds: float | None = None
+    ) -> dict[str, list[str]]:
         """Stop every bot that is not stopped, concurrently; cancellation errors by bot."""
+        grace = self.settings.shutdown.grace_seconds if grace_seconds is None else grace_seconds
         stoppable = [r for r in self.runners.values() if r.state in STOPPABLE]
         outcomes = await asyncio.gather(
-            *(r.stop(reason, self.settings.shutdown.grace_seconds) for r in stoppable),
+            *(r.stop(reason, grace) for r in stoppable),
             return_exceptions=True,
         )
         errors: dict[str, list[str]] = {}

@@ -113,7 +113,26 @@ def _reason(error: ValidationError) -> str:
         return f"{instance!r} does not match {value!r}" + (f" ({hint})" if hint else "")
     if kind in _BOUND_WORDS:
         return f"{_show(instance)} {_BOUND_WORDS[kind]} {_show(value)}"
-    return str(error.message)
+    if kind in _SIZE_WORDS:
+        size = len(instance) if isinstance(instance, list | dict | str) else 0
+        return f"has {size} {_SIZE_WORDS[kind][0]}, {_SIZE_WORDS[kind][1]} {value}"
+    return _shorten(str(error.message))
+
+
+_SIZE_WORDS = {
+    "maxItems": ("items", "more than the maximum of"),
+    "minItems": ("items", "fewer than the minimum of"),
+    "maxProperties": ("keys", "more than the maximum of"),
+    "minProperties": ("keys", "fewer than the minimum of"),
+    "maxLength": ("characters", "more than the maximum of"),
+    "minLength": ("characters", "fewer than the minimum of"),
+}
+_MAX_REASON = 200
+
+
+def _shorten(text: str) -> str:
+    """jsonschema's own messages repeat the offending value: never print a whole file back."""
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
 
 
 def _show(value: Any) -> str:

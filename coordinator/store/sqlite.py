@@ -81,7 +81,13 @@ class WriterStats:
 class SqliteStore:
     """The embedded store. Open with `await SqliteStore.open(path)`; close with `close()`."""
 
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+    def __init__(
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        max_batch_jobs: int = MAX_BATCH_JOBS,
+    ):
         self.path = path
         self._writer_conn = writer
         self._reader_conn = reader
@@ -89,10 +95,11 @@ class SqliteStore:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._writer_task: asyncio.Task[None] | None = None
+        self._max_batch_jobs = max_batch_jobs
         self.stats = WriterStats()
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteStore:
+    async def open(cls, path: Path, max_batch_jobs: int = MAX_BATCH_JOBS) -> SqliteStore:
         """Open (creating if needed) and migrate the database at `path`, then start the writer."""
         writer = await aiosqlite.connect(str(path), isolation_level=None)
         try:
@@ -104,7 +111,7 @@ class SqliteStore:
             raise
         await reader.execute("PRAGMA query_only=ON")
         reader.row_factory = aiosqlite.Row
-        store = cls(path, writer, reader)
+        store = cls(path, writer, reader, max_batch_jobs)
         store._writer_task = asyncio.create_task(store._write_loop(), name="store-writer")
         return store
 
@@ -154,7 +161,7 @@ class SqliteStore:
             safety.clear()
             return jobs, True
         normal = self._lanes[Priority.NORMAL]
-        jobs = [normal.popleft() for _ in range(min(len(normal), MAX_BATCH_JOBS))]
+        jobs = [normal.popleft() for _ in range(min(len(normal), self._max_batch_jobs))]
         return jobs, False
 
     async def _write_loop(self) -> None:

@@ -44,7 +44,7 @@ def test_shipped_default_loads_with_the_documented_values() -> None:
     assert ndax.paper.initial_balances == {"CAD": Decimal(10000), "BTC": Decimal(0)}
     assert ndax.credentials.uid_env == "NDAX_UID"
     assert kraken.strategy.params == GridParams(
-        levels=3, spacing_pct=Decimal("0.05"), order_amount=Decimal("0.001")
+        levels=3, spacing_pct=Decimal("0.4"), order_amount=Decimal("0.001")
     )
     assert kraken.paper.initial_balances == {"AUD": Decimal(10000), "BTC": Decimal("0.05")}
     assert kraken.credentials.uid_env is None
@@ -62,8 +62,8 @@ def test_fractional_numbers_are_exact_decimals() -> None:
     config = load_config(REPO_CONFIG_DIR)
     kraken = config.bots.get("kraken")
     assert kraken is not None
-    assert kraken.paper.fee_rate == Decimal("0.0026")
-    assert str(kraken.paper.fee_rate) == "0.0026"
+    assert kraken.paper.fee_rate == Decimal("0.0016")
+    assert str(kraken.paper.fee_rate) == "0.0016"
     assert config.limits.safe_mode.size_factor == Decimal("0.1")
 
 
