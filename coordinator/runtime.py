@@ -17,10 +17,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from bots.exchanges.paper import PaperExchange
 from bots.ids import ClientOrderIds
 from coordinator import __version__
 from coordinator.config.models import CoordinatorConfig
-from coordinator.errors import CoordinatorError, ShuttingDown
+from coordinator.errors import CoordinatorError, ShuttingDown, WrongState
 from coordinator.lifecycle import BotState
 from coordinator.store.journal import SqliteJournal, iso
 from coordinator.store.sqlite import MAX_BATCH_JOBS, SqliteStore
@@ -129,6 +130,27 @@ class Coordinator:
         result: dict[str, Any] = await self._audited(
             actor, "bots.start_sequential", None, self.supervisor.start_sequential(), {}
         )
+        return result
+
+    async def paper_drill(self, name: str, drill: dict[str, Any], actor: str) -> dict[str, Any]:
+        """Make a paper bot's exchange reject, fail or partially fill orders (an operator drill)."""
+        self._check_accepting()
+        runner = self.supervisor.runner(name)
+
+        async def apply() -> dict[str, Any]:
+            adapter = runner.parts.adapter
+            if not isinstance(adapter, PaperExchange):
+                raise WrongState(f"bot {name!r} does not trade on a paper exchange: no drills")
+            if "reject_next" in drill:
+                adapter.reject_next(drill["reject_next"])
+            if "fail_next" in drill:
+                adapter.fail_next(drill["fail_next"])
+            if "partial_fill_ratio" in drill:
+                adapter.set_partial_fill_ratio(drill["partial_fill_ratio"])
+            return {"bot": name, "drill": {k: str(v) for k, v in drill.items()}}
+
+        result: dict[str, Any] = await self._audited(actor, "paper.drill", name, apply(), {})
+        log.warning("%s: paper drill set by %s: %s", name, actor, result["drill"])
         return result
 
     async def _audited(

@@ -150,6 +150,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ticks = [b["ticks"] for b in status["bots"]]
         rss_running = rss_mib()
 
+        burst = await measure_safety_write_behind_backlog(coordinator, args.burst)
+
         closing = time.perf_counter()
         await coordinator.close()
         close_seconds = time.perf_counter() - closing
@@ -179,6 +181,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "safety_write_ms_p99": round(percentile(safety_latency, 0.99) * 1000, 2),
             "normal_write_ms_p50": round(statistics.median(normal_latency) * 1000, 2),
             "normal_write_ms_p99": round(percentile(normal_latency, 0.99) * 1000, 2),
+            **burst,
             "cpu_percent_of_one_core": round(100 * cpu / wall, 1),
             "rss_mib_before_open": round(rss_before, 1),
             "rss_mib_running": round(rss_running, 1),
@@ -190,6 +193,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
 
 
+async def measure_safety_write_behind_backlog(
+    coordinator: Coordinator, jobs: int
+) -> dict[str, Any]:
+    """Queue `jobs` order-sized writes at once, then one safety write: how long does the safety
+    write take, against how long the backlog takes to drain?"""
+    store = coordinator.store
+    await store.write([("CREATE TABLE IF NOT EXISTS bench_burst (n INTEGER, pad TEXT)", ())])
+    began = time.perf_counter()
+    backlog = [
+        asyncio.ensure_future(
+            store.write([("INSERT INTO bench_burst VALUES (?, ?)", (i, "x" * 200))])
+        )
+        for i in range(jobs)
+    ]
+    await asyncio.sleep(0)  # let them queue
+    safety_began = time.perf_counter()
+    await coordinator.journal.audit(
+        actor="bench", action="bench.safety_probe", result="ok", at=datetime.now(UTC)
+    )
+    safety_ms = (time.perf_counter() - safety_began) * 1000
+    await asyncio.gather(*backlog)
+    drain_ms = (time.perf_counter() - began) * 1000
+    return {
+        "burst_backlog_jobs": jobs,
+        "burst_backlog_drain_ms": round(drain_ms, 1),
+        "burst_safety_write_ms": round(safety_ms, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bots", type=int, default=100)
@@ -199,6 +231,12 @@ def main() -> None:
         "--no-group-commit",
         action="store_true",
         help="commit every write on its own, to measure what group commit saves",
+    )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=5000,
+        help="order writes queued at once for the safety-lane measurement",
     )
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

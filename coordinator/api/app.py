@@ -13,6 +13,7 @@ from coordinator.api.errors import Handler, error_response, json_errors
 from coordinator.api.requests import (
     MAX_BODY_BYTES,
     EmptyRequest,
+    PaperDrillRequest,
     StartRequest,
     StopRequest,
     parse_body,
@@ -37,6 +38,7 @@ def make_app(coordinator: Coordinator, token: ControlToken) -> web.Application:
     app.router.add_post("/start", post_start)
     app.router.add_post("/stop", post_stop)
     app.router.add_post("/start-sequential", post_start_sequential)
+    app.router.add_post("/paper/drill", post_paper_drill)
     return app
 
 
@@ -77,7 +79,8 @@ async def get_health(request: web.Request) -> web.Response:
 
 async def get_audit(request: web.Request) -> web.Response:
     raw = request.query.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    # isascii: str.isdigit() is true for "²", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
         raise BadRequest(f"limit: must be a whole number from 1 to 1000, got {raw!r}")
     events = await request.app[COORDINATOR].journal.recent_audit(int(raw))
     return web.json_response({"events": events})
@@ -99,3 +102,12 @@ async def post_start_sequential(request: web.Request) -> web.Response:
     await parse_body(request, EmptyRequest)
     result = await request.app[COORDINATOR].start_sequential(OPERATOR)
     return web.json_response({"ok": result["failed"] is None, **result})
+
+
+async def post_paper_drill(request: web.Request) -> web.Response:
+    body = await parse_body(request, PaperDrillRequest)
+    drill = body.model_dump(exclude={"bot"}, exclude_none=True)
+    if not drill:
+        raise BadRequest("say what to drill: reject_next, fail_next and/or partial_fill_ratio")
+    result = await request.app[COORDINATOR].paper_drill(body.bot, drill, OPERATOR)
+    return web.json_response(result)

@@ -47,8 +47,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        # Keep the Allow header a 405 must carry (RFC 9110 15.5.6).
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(
-            exc.status, _HTTP_CODES.get(exc.status, "http_error"), _message(request, exc)
+            exc.status, _HTTP_CODES.get(exc.status, "http_error"), _message(request, exc), allow
         )
     except Exception as exc:
         ref = secrets.token_hex(4)

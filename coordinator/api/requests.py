@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -33,6 +34,16 @@ class EmptyRequest(_Body):
     pass
 
 
+class PaperDrillRequest(_Body):
+    """Tell a paper bot's exchange to misbehave, for drills: reject or fail the next orders, or
+    fill only part of each order from now on."""
+
+    bot: str = Field(min_length=1, max_length=64)
+    reject_next: int | None = Field(default=None, ge=0, le=1000)
+    fail_next: int | None = Field(default=None, ge=0, le=1000)
+    partial_fill_ratio: Decimal | None = Field(default=None, gt=0, le=1)
+
+
 async def parse_body(request: web.Request, model: type[Model]) -> Model:
     raw = await request.read()
     data: Any = {}
@@ -45,6 +56,10 @@ async def parse_body(request: web.Request, model: type[Model]) -> Model:
             raise BadRequest(
                 f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
             ) from exc
+        except RecursionError as exc:
+            raise BadRequest("the request body is nested too deeply") from exc
+        except ValueError as exc:  # an integer longer than int() accepts (4300 digits)
+            raise BadRequest(f"the request body is not usable JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise BadRequest(f"the request body must be a JSON object, not {type(data).__name__}")
     try:
