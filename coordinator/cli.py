@@ -69,6 +69,16 @@ def _port(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The journal, token and logs hold positions, balances and credentials' whereabouts: files
+    # this process creates are readable by its user only.
+    previous_umask = os.umask(0o077)
+    try:
+        return _main(args)
+    finally:
+        os.umask(previous_umask)
+
+
+def _main(args: argparse.Namespace) -> int:
     config_dir = _config_dir(args.config_dir)
     try:
         config = load_config(config_dir)
@@ -94,6 +104,8 @@ def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) 
         log.info("no ./config here: running on the embedded default config (%s)", config_dir)
     try:
         args.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if args.data_dir.stat().st_mode & 0o077:
+            log.warning("%s is readable by other users; chmod 700 it", args.data_dir)
         lock = _lock_data_dir(args.data_dir)
         token = load_or_create_token(args.data_dir)
     except (OSError, TokenError, StartupError) as exc:

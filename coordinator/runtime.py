@@ -11,7 +11,7 @@ import gc
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -106,39 +106,35 @@ class Coordinator:
     # -- control actions (audited) ---------------------------------------------------------------
 
     async def start_bot(self, name: str, safe_mode: bool, actor: str) -> dict[str, Any]:
-        self._check_accepting()
-        runner = self.supervisor.runner(name)
-        await self._audited(
-            actor,
-            "bot.start",
-            name,
-            self.supervisor.start(name, safe_mode),
-            {"safe_mode": safe_mode},
+        async def start() -> dict[str, Any]:
+            return self.bot_status(await self.supervisor.start(name, safe_mode))
+
+        result: dict[str, Any] = await self._audited(
+            actor, "bot.start", name, start, {"safe_mode": safe_mode}
         )
-        return self.bot_status(runner)
+        return result
 
     async def stop_bot(self, name: str, actor: str, reason: str) -> dict[str, Any]:
-        self._check_accepting()
-        runner = self.supervisor.runner(name)
-        errors = await self._audited(
-            actor, "bot.stop", name, self.supervisor.stop(name, reason), {"reason": reason}
+        async def stop() -> dict[str, Any]:
+            errors = await self.supervisor.stop(name, reason)
+            return {**self.bot_status(self.supervisor.runner(name)), "cancel_errors": errors}
+
+        result: dict[str, Any] = await self._audited(
+            actor, "bot.stop", name, stop, {"reason": reason}
         )
-        return {**self.bot_status(runner), "cancel_errors": errors}
+        return result
 
     async def start_sequential(self, actor: str) -> dict[str, Any]:
-        self._check_accepting()
         result: dict[str, Any] = await self._audited(
-            actor, "bots.start_sequential", None, self.supervisor.start_sequential(), {}
+            actor, "bots.start_sequential", None, self.supervisor.start_sequential, {}
         )
         return result
 
     async def paper_drill(self, name: str, drill: dict[str, Any], actor: str) -> dict[str, Any]:
         """Make a paper bot's exchange reject, fail or partially fill orders (an operator drill)."""
-        self._check_accepting()
-        runner = self.supervisor.runner(name)
 
         async def apply() -> dict[str, Any]:
-            adapter = runner.parts.adapter
+            adapter = self.supervisor.runner(name).parts.adapter
             if not isinstance(adapter, PaperExchange):
                 raise WrongState(f"bot {name!r} does not trade on a paper exchange: no drills")
             if "reject_next" in drill:
@@ -149,7 +145,9 @@ class Coordinator:
                 adapter.set_partial_fill_ratio(drill["partial_fill_ratio"])
             return {"bot": name, "drill": {k: str(v) for k, v in drill.items()}}
 
-        result: dict[str, Any] = await self._audited(actor, "paper.drill", name, apply(), {})
+        result: dict[str, Any] = await self._audited(
+            actor, "paper.drill", name, apply, {k: str(v) for k, v in drill.items()}
+        )
         log.warning("%s: paper drill set by %s: %s", name, actor, result["drill"])
         return result
 
@@ -158,44 +156,35 @@ class Coordinator:
         actor: str,
         action: str,
         subject: str | None,
-        operation: Any,
+        operation: Callable[[], Awaitable[Any]],
         details: dict[str, Any],
     ) -> Any:
+        """Run a control action and audit it, refused or not, before the answer returns."""
+        result = "cancelled before it finished"
         try:
-            outcome = await operation
+            if not self.accepting:
+                raise ShuttingDown("the coordinator is shutting down; no new actions are taken")
+            outcome = await operation()
         except CoordinatorError as exc:
-            await self.journal.audit(
-                actor=actor,
-                action=action,
-                subject=subject,
-                result=f"refused: {exc.message}",
-                at=self.clock(),
-                details=details,
-            )
+            result = f"refused: {exc.message}"
             raise
         except Exception as exc:
+            result = f"error: {exc!r}"
+            raise
+        else:
+            result = "ok"
+            if isinstance(outcome, dict) and action == "bots.start_sequential":
+                details = {**details, "outcome": outcome}
+        finally:
             await self.journal.audit(
                 actor=actor,
                 action=action,
                 subject=subject,
-                result=f"error: {exc!r}",
+                result=result,
                 at=self.clock(),
                 details=details,
             )
-            raise
-        await self.journal.audit(
-            actor=actor,
-            action=action,
-            subject=subject,
-            result="ok",
-            at=self.clock(),
-            details={**details, "outcome": outcome} if isinstance(outcome, dict) else details,
-        )
         return outcome
-
-    def _check_accepting(self) -> None:
-        if not self.accepting:
-            raise ShuttingDown("the coordinator is shutting down; no new actions are taken")
 
     # -- status ----------------------------------------------------------------------------------
 

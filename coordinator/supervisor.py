@@ -134,17 +134,22 @@ class BotRunner:
         """Wait for the first healthy tick; None when seen, else why not."""
         healthy = asyncio.ensure_future(self.stats.healthy.wait())
         crashed = asyncio.ensure_future(self._crashed.wait())
+        stopped = asyncio.ensure_future(self._stop.wait())
         try:
             done, _ = await asyncio.wait(
-                {healthy, crashed}, timeout=within_seconds, return_when=asyncio.FIRST_COMPLETED
+                {healthy, crashed, stopped},
+                timeout=within_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
-            healthy.cancel()
-            crashed.cancel()
+            for waiter in (healthy, crashed, stopped):
+                waiter.cancel()
         if healthy in done and self.stats.healthy.is_set():
             return None
         if crashed in done:
             return f"crashed before its first healthy tick: {self.last_error}"
+        if stopped in done:
+            return "stopped before its first healthy tick"
         reason = self.stats.last_skip_reason or "no tick completed"
         return f"no healthy tick within {within_seconds:g}s ({reason})"
 
@@ -325,7 +330,11 @@ class Supervisor:
                     continue
                 if result["started"] and seq.delay_between_starts_seconds > 0:
                     await asyncio.sleep(seq.delay_between_starts_seconds)
-                await runner.start(safe_mode=False)
+                try:
+                    await runner.start(safe_mode=False)
+                except WrongState:  # an operator started it meanwhile
+                    result["already_running"].append(runner.name)
+                    continue
                 problem = await runner.wait_healthy(seq.health_timeout_seconds)
                 if problem is not None:
                     result["failed"] = {"bot": runner.name, "reason": problem}

@@ -96,6 +96,7 @@ class SqliteStore:
         self._closing = False
         self._writer_task: asyncio.Task[None] | None = None
         self._max_batch_jobs = max_batch_jobs
+        self._broken: Exception | None = None
         self.stats = WriterStats()
 
     @classmethod
@@ -121,6 +122,8 @@ class SqliteStore:
         """Commit `statements` atomically; returns once they are durable on disk."""
         if self._closing:
             raise StoreClosed("the store is closed; nothing was written")
+        if self._broken is not None:
+            raise StoreError(f"the store writer failed earlier: {self._broken!r}; nothing written")
         if not statements:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -165,6 +168,22 @@ class SqliteStore:
         return jobs, False
 
     async def _write_loop(self) -> None:
+        try:
+            await self._write_batches()
+        except Exception as exc:
+            # Nothing can be written any more: say so to every waiting and later caller rather
+            # than leave them hanging on futures no one will resolve.
+            log.critical(
+                "the store writer failed; no further writes are possible: %r", exc, exc_info=exc
+            )
+            self._broken = exc
+            for lane in self._lanes.values():
+                while lane:
+                    job = lane.popleft()
+                    if not job.future.done():
+                        job.future.set_exception(StoreError(f"the store writer failed: {exc!r}"))
+
+    async def _write_batches(self) -> None:
         while True:
             if not self.backlog:
                 if self._closing:
@@ -175,10 +194,15 @@ class SqliteStore:
             jobs, is_safety = self._next_batch()
             try:
                 await self._commit_batch(jobs)
-            except asyncio.CancelledError:
+            except BaseException as exc:
+                failure = (
+                    StoreClosed("store writer cancelled")
+                    if isinstance(exc, asyncio.CancelledError)
+                    else StoreError(f"the store writer failed: {exc!r}")
+                )
                 for job in jobs:
                     if not job.future.done():
-                        job.future.set_exception(StoreClosed("store writer cancelled"))
+                        job.future.set_exception(failure)
                 raise
             self.stats.commits += 1
             self.stats.safety_commits += int(is_safety)
@@ -192,7 +216,10 @@ class SqliteStore:
             for job in jobs:
                 await _execute_all(conn, job.statements)
             await conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
+            # Usually a sqlite3.Error; but a parameter sqlite3 cannot bind (a str holding a lone
+            # surrogate, an int beyond 64 bits) raises UnicodeEncodeError or OverflowError, and
+            # letting that escape would kill the writer and leave every later write() hanging.
             await _rollback(conn)
             if len(jobs) == 1:
                 self._fail(jobs[0], exc)
@@ -205,7 +232,7 @@ class SqliteStore:
             if not job.future.done():
                 job.future.set_result(None)
 
-    def _fail(self, job: _Job, exc: sqlite3.Error) -> None:
+    def _fail(self, job: _Job, exc: Exception) -> None:
         self.stats.failed_jobs += 1
         log.error("store write failed and was rolled back: %s", exc)
         if not job.future.done():

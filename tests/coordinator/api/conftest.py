@@ -1,0 +1,53 @@
+"""Fixtures for the control-plane tests: a real Coordinator behind a real aiohttp server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from coordinator.api.app import make_app
+from coordinator.api.auth import ControlToken, load_or_create_token
+from coordinator.config import load_config
+from coordinator.config.models import CoordinatorConfig
+from coordinator.runtime import Coordinator
+from tests.support_config import write_fast_config
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> CoordinatorConfig:
+    return load_config(write_fast_config(tmp_path / "config"))
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def token(data_dir: Path) -> ControlToken:
+    return load_or_create_token(data_dir, environ={})
+
+
+@pytest.fixture
+async def coordinator(config: CoordinatorConfig, data_dir: Path) -> AsyncIterator[Coordinator]:
+    opened = await Coordinator.open(config, data_dir)
+    try:
+        yield opened
+    finally:
+        await opened.close(grace_seconds=0.5)
+
+
+@pytest.fixture
+async def client(coordinator: Coordinator, token: ControlToken) -> AsyncIterator[TestClient]:
+    async with TestClient(TestServer(make_app(coordinator, token))) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def auth(token: ControlToken) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token.value}"}

@@ -1,0 +1,25 @@
+"""A writer that can no longer write must say so to every caller, never leave one hanging."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from coordinator.store.sqlite import SqliteStore, StoreError
+
+INSERT = ("INSERT INTO audit_events (at, actor, action, result) VALUES ('t', 'a', 'b', 'c')", ())
+
+
+async def test_writes_fail_with_an_error_once_the_write_connection_is_gone(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "c.db")
+    try:
+        await store._writer_conn.close()  # the disk went away, the connection died
+
+        with pytest.raises(StoreError):
+            await asyncio.wait_for(store.write([INSERT]), timeout=5)
+        with pytest.raises(StoreError, match="writer failed earlier"):
+            await asyncio.wait_for(store.write([INSERT]), timeout=5)
+    finally:
+        await store._reader_conn.close()

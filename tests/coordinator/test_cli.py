@@ -1,0 +1,123 @@
+"""`bot-coordinator`: exit codes and the messages an operator sees when it cannot start."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.cli import EXIT_BAD_CONFIG, EXIT_START_FAILED, main
+from tests.support_config import write_fast_config
+from tests.support_process import CoordinatorProcess, child_env
+
+RUN_WITHIN = 30
+
+
+def run_cli(process: CoordinatorProcess) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to its end; it is expected not to start."""
+    return subprocess.run(
+        process.args(),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=process.root,
+        timeout=RUN_WITHIN,
+        check=False,
+    )
+
+
+def test_a_bad_config_dir_exits_2_listing_every_problem_of_every_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def break_two_files(documents: dict[str, Any]) -> None:
+        documents["bots.json"]["bots"][0]["colour"] = "red"
+
+    config_dir = write_fast_config(tmp_path / "config", break_two_files)
+    (config_dir / "recovery-settings.json").write_text('{"version": 1,\n  "restart": }\n')
+    data_dir, log_dir = tmp_path / "data", tmp_path / "logs"
+
+    code = main(
+        ["--config-dir", str(config_dir), "--data-dir", str(data_dir), "--log-dir", str(log_dir)]
+    )
+
+    assert code == EXIT_BAD_CONFIG == 2
+    err = capsys.readouterr().err
+    assert str(config_dir) in err
+    assert "bots.json: $.bots[0].colour:" in err
+    assert "recovery-settings.json: $: invalid JSON at line 2, column 14" in err
+    assert err.index("bots.json") < err.index("recovery-settings.json")
+    assert "nothing was started" in err
+    assert not data_dir.exists()
+    assert not log_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("port", "expected"),
+    [
+        ("0x", "--port: '0x' is not a number"),
+        ("0", "--port: 0 is outside 1-65535"),
+        ("65536", "--port: 65536 is outside 1-65535"),
+    ],
+)
+def test_a_bad_port_is_an_argument_error(
+    port: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--port", port])
+
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert err.startswith("usage: bot-coordinator")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.startswith("bot-coordinator ")
+
+
+def test_a_port_in_use_exits_1_naming_the_port(tmp_path: Path) -> None:
+    config_dir = write_fast_config(tmp_path / "config")
+    process = CoordinatorProcess(tmp_path, config_dir)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        process.port = taken.getsockname()[1]
+
+        done = run_cli(process)
+
+    assert done.returncode == EXIT_START_FAILED == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{process.port}" in done.stderr
+    assert "already in use" in done.stderr
+    assert "Traceback" not in done.stderr
+    log = [json.loads(line) for line in process.log_file.read_text().splitlines()]
+    assert any(f"127.0.0.1:{process.port}" in line["message"] for line in log)
+
+
+def test_a_second_coordinator_on_the_same_data_dir_exits_1_naming_the_first(
+    tmp_path: Path,
+) -> None:
+    config_dir = write_fast_config(tmp_path / "config")
+    first = CoordinatorProcess(tmp_path, config_dir).start()
+    try:
+        first.wait_ready()
+        assert first.proc is not None
+        second = CoordinatorProcess(tmp_path, config_dir, data_dir=first.data_dir)
+
+        done = run_cli(second)
+
+        assert done.returncode == EXIT_START_FAILED == 1, done.stderr
+        assert f"another coordinator (pid {first.proc.pid}) is running on" in done.stderr
+        assert "Traceback" not in done.stderr
+        # The first one is unharmed and still answers.
+        assert first.request("GET", "/health")[0] == 200
+        assert first.interrupt(within=5) == 0
+    finally:
+        first.kill()
