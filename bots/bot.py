@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -116,4 +117,6 @@ class Bot:
         state = self.strategy.state()
         if state != self._saved_state:
             await self._save_state(state)
-            self._saved_state = state
+            # A copy: a strategy that hands out its own dict and mutates it later must still
+            # be seen to have changed.
+            self._saved_state = copy.deepcopy(state)

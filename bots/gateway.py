@@ -111,6 +111,9 @@ class OrderGateway:
         self.gates = list(gates)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._apply_lock = asyncio.Lock()
+        # Orders being sent right now: refreshes leave them alone and cancels wait for the send,
+        # so an order is never judged "unknown to the exchange" while its create is in flight.
+        self._in_flight: dict[int, asyncio.Event] = {}
 
     # -- submitting ------------------------------------------------------------------------------
 
@@ -136,12 +139,36 @@ class OrderGateway:
             created_at=self._clock(),
             tag=intent.tag,
         )
-        await self.journal.record_intent(order)
-        self.book.live_orders[order.client_order_id] = order
-        self.book.trade_ids[order.client_order_id] = set()
-        self.book.orders_count += 1
-        self.book.last_order_at = order.created_at
+        coid = order.client_order_id
+        await self._journal_intent(order)
+        sent = asyncio.Event()
+        self._in_flight[coid] = sent
+        try:
+            return await self._send(intent, order)
+        finally:
+            sent.set()
+            self._in_flight.pop(coid, None)
 
+    async def _journal_intent(self, order: JournalOrder) -> None:
+        """Commit the intent, and only then count it as live.
+
+        The write is shielded: if our caller is cancelled while it is queued, it still completes,
+        and a committed intent still enters the book (pending), where a cancel or a refresh finds
+        and resolves it. A write that failed leaves nothing behind."""
+        write = asyncio.ensure_future(self.journal.record_intent(order))
+
+        def enter_book(done: asyncio.Future[None]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return
+            self.book.live_orders[order.client_order_id] = order
+            self.book.trade_ids[order.client_order_id] = set()
+            self.book.orders_count += 1
+            self.book.last_order_at = order.created_at
+
+        write.add_done_callback(enter_book)
+        await asyncio.shield(write)
+
+    async def _send(self, intent: OrderIntent, order: JournalOrder) -> SubmitResult:
         # A gate may have closed while the intent was being committed: ask again, and send in
         # the same step, with no await in between.
         refusal = self._first_refusal(intent)
@@ -252,14 +279,14 @@ class OrderGateway:
         unresolved = 0
         for client_order_id in list(self.book.live_orders):
             order = self.book.live_orders.get(client_order_id)
-            if order is None:
+            if order is None or client_order_id in self._in_flight:
                 continue
             try:
                 snapshot = await self.adapter.fetch_order(client_order_id, order.symbol)
             except OrderNotFound:
                 await self._unknown_to_exchange(order)
                 continue
-            except TransientExchangeError as exc:
+            except ExchangeError as exc:
                 unresolved += 1
                 log.warning(
                     "%s: could not refresh order %d: %s", self.identity.bot, client_order_id, exc
@@ -269,6 +296,9 @@ class OrderGateway:
         return unresolved
 
     async def cancel(self, client_order_id: int, reason: str = "cancelled by strategy") -> bool:
+        sending = self._in_flight.get(client_order_id)
+        if sending is not None:
+            await sending.wait()  # cancel what the send produced, not a guess
         order = self.book.live_orders.get(client_order_id)
         if order is None:
             return False

@@ -22,7 +22,7 @@ from bots.journal import (
 )
 from bots.ledger import Position
 from bots.models import OrderType, Side
-from coordinator.store.sqlite import Priority, SqliteStore, Statement
+from coordinator.store.sqlite import Expect, Priority, SqliteStore, Statement, Write
 
 _ORDER_COLUMNS = (
     "client_order_id, bot, exchange, symbol, side, type, amount, price, status,"
@@ -90,8 +90,8 @@ class SqliteJournal:
     async def record_update(self, update: OrderUpdate) -> None:
         order = update.order
         check_order_transition(order.client_order_id, update.previous_status, order.status)
-        statements: list[Statement] = [
-            (
+        statements: list[Write] = [
+            Expect(
                 "UPDATE orders SET status = ?, exchange_order_id = ?, filled = ?, reason = ?,"
                 " updated_at = ? WHERE client_order_id = ? AND status = ?",
                 (

@@ -35,6 +35,25 @@ log = logging.getLogger(__name__)
 
 Statement = tuple[str, Sequence[Any]]
 
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """A statement that must change exactly `rows` rows, or its whole job is rolled back.
+
+    For guarded updates (`... WHERE status = ?`): a stale expectation must not let the rest of
+    the job (fills, balances) commit against a row it did not change."""
+
+    sql: str
+    params: Sequence[Any]
+    rows: int = 1
+
+
+class StaleWrite(Exception):
+    """An `Expect` statement changed a different number of rows than expected."""
+
+
+Write = Statement | Expect
+
 MAX_BATCH_JOBS = 512
 
 
@@ -53,7 +72,7 @@ class StoreClosed(StoreError):
 
 @dataclass(slots=True)
 class _Job:
-    statements: Sequence[Statement]
+    statements: Sequence[Write]
     future: asyncio.Future[None]
 
 
@@ -117,7 +136,7 @@ class SqliteStore:
         return store
 
     async def write(
-        self, statements: Sequence[Statement], priority: Priority = Priority.NORMAL
+        self, statements: Sequence[Write], priority: Priority = Priority.NORMAL
     ) -> None:
         """Commit `statements` atomically; returns once they are durable on disk."""
         if self._closing:
@@ -239,9 +258,17 @@ class SqliteStore:
             job.future.set_exception(StoreError(f"write rolled back: {exc}"))
 
 
-async def _execute_all(conn: aiosqlite.Connection, statements: Iterable[Statement]) -> None:
-    for sql, params in statements:
-        await conn.execute(sql, params)
+async def _execute_all(conn: aiosqlite.Connection, statements: Iterable[Write]) -> None:
+    for statement in statements:
+        if isinstance(statement, Expect):
+            cursor = await conn.execute(statement.sql, statement.params)
+            if cursor.rowcount != statement.rows:
+                raise StaleWrite(
+                    f"expected {statement.rows} row(s) changed, got {cursor.rowcount}: "
+                    f"{statement.sql.split(' WHERE ')[0]}"
+                )
+        else:
+            await conn.execute(*statement)
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:
