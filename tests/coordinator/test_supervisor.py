@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ import pytest
 from bots.feeds.base import MarketFeed
 from bots.models import MarketSnapshot
 from bots.strategies.base import Decision, Strategy, TickContext
-from coordinator.config import load_config
 from coordinator.config.models import CoordinatorConfig
 from coordinator.errors import Conflict, WrongState
 from coordinator.lifecycle import BotState
@@ -31,7 +30,6 @@ from tests.support_config import (
     MAX_BACKOFF,
     MAX_CRASHES,
     eventually,
-    write_fast_config,
 )
 
 # -- strategies and feeds a test swaps in ---------------------------------------------------------
@@ -120,27 +118,6 @@ class HangsAfterFirstSnapshot:
 
 
 # -- fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def config(tmp_path: Path) -> CoordinatorConfig:
-    return load_config(write_fast_config(tmp_path / "config"))
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "data"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-async def coordinator(config: CoordinatorConfig, data_dir: Path) -> AsyncIterator[Coordinator]:
-    opened = await Coordinator.open(config, data_dir)
-    try:
-        yield opened
-    finally:
-        await opened.close(grace_seconds=0.5)
 
 
 def crash_every_tick(runner: BotRunner) -> list[float]:

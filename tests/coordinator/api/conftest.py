@@ -10,36 +10,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from coordinator.api.app import make_app
 from coordinator.api.auth import ControlToken, load_or_create_token
-from coordinator.config import load_config
-from coordinator.config.models import CoordinatorConfig
 from coordinator.runtime import Coordinator
-from tests.support_config import write_fast_config
-
-
-@pytest.fixture
-def config(tmp_path: Path) -> CoordinatorConfig:
-    return load_config(write_fast_config(tmp_path / "config"))
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "data"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
 def token(data_dir: Path) -> ControlToken:
     return load_or_create_token(data_dir, environ={})
-
-
-@pytest.fixture
-async def coordinator(config: CoordinatorConfig, data_dir: Path) -> AsyncIterator[Coordinator]:
-    opened = await Coordinator.open(config, data_dir)
-    try:
-        yield opened
-    finally:
-        await opened.close(grace_seconds=0.5)
 
 
 @pytest.fixture
