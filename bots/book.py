@@ -25,6 +25,7 @@ class BotBook:
     orders_count: int = 0
     fills_count: int = 0
     refusals: dict[str, int] = field(default_factory=dict)  # our gates' reason code -> count
+    last_refusal: str | None = None  # the reason of the newest refusal, for /status
     errors: dict[str, int] = field(default_factory=dict)  # exchange failures by kind -> count
     last_order_at: datetime | None = None
     last_price: Decimal | None = None  # the market's last price at the latest sync

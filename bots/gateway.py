@@ -171,7 +171,7 @@ class OrderGateway:
     async def _send(self, intent: OrderIntent, order: JournalOrder) -> SubmitResult:
         # A gate may have closed while the intent was being committed: ask again, and send in
         # the same step, with no await in between.
-        refusal = self._first_refusal(intent)
+        refusal = self._recheck(intent, order.client_order_id)
         if refusal is not None:
             await self._finish_unsent(order, OrderStatus.FAILED, f"not sent: {refusal.reason}")
             return self._refused(refusal, order.client_order_id)
@@ -209,8 +209,21 @@ class OrderGateway:
                 return refusal
         return None
 
+    def _recheck(self, intent: OrderIntent, client_order_id: int) -> Refusal | None:
+        """The gates again, judging the order against everything but itself: it is in the book
+        already (its intent is committed), and a limit such as "one open order" must not count
+        the very order it is deciding about. Synchronous, so no one else sees the book without
+        it."""
+        own = self.book.live_orders.pop(client_order_id, None)
+        try:
+            return self._first_refusal(intent)
+        finally:
+            if own is not None:
+                self.book.live_orders[client_order_id] = own
+
     def _refused(self, refusal: Refusal, client_order_id: int | None = None) -> SubmitResult:
         self.book.refusals[refusal.code] = self.book.refusals.get(refusal.code, 0) + 1
+        self.book.last_refusal = f"{refusal.code}: {refusal.reason}"
         log.info("%s: order refused (%s): %s", self.identity.bot, refusal.code, refusal.reason)
         return SubmitResult("refused", client_order_id, refusal.code, refusal.reason)
 

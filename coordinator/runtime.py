@@ -247,6 +247,7 @@ class Coordinator:
             "next_restart_at": iso(runner.next_restart_at) if runner.next_restart_at else None,
             "error": runner.last_error,
             "refusals": dict(book.refusals),
+            "last_refusal": book.last_refusal,
             "order_errors": dict(book.errors),
         }
 

@@ -19,6 +19,7 @@ import pytest
 from bots.feeds.base import MarketFeed
 from bots.models import MarketSnapshot
 from bots.strategies.base import Decision, Strategy, TickContext
+from coordinator.config import load_config
 from coordinator.config.models import CoordinatorConfig
 from coordinator.errors import Conflict, WrongState
 from coordinator.lifecycle import BotState
@@ -30,6 +31,7 @@ from tests.support_config import (
     MAX_BACKOFF,
     MAX_CRASHES,
     eventually,
+    write_fast_config,
 )
 
 # -- strategies and feeds a test swaps in ---------------------------------------------------------
@@ -497,10 +499,37 @@ async def test_stopping_a_bot_while_the_sequence_waits_for_it_ends_the_wait_at_o
 # -- safe mode ------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def tight_limits_coordinator_config(tmp_path: Path) -> CoordinatorConfig:
+    def tighten(documents: dict[str, Any]) -> None:
+        documents["bot-limits.json"]["bots"]["ndax"]["max_order_notional"] = 100
+
+    return load_config(write_fast_config(tmp_path / "tight", tighten))
+
+
 async def test_safe_mode_refuses_orders_above_the_tightened_limit_and_sends_nothing(
-    coordinator: Coordinator,
+    tight_limits_coordinator_config: CoordinatorConfig, data_dir: Path
 ) -> None:
-    # ndax buys 25 CAD a time; its limit is 100 CAD, 10 CAD in safe mode (size_factor 0.1).
+    # ndax buys 25 CAD a time; its limit is set to 100 CAD here, 10 CAD in safe mode.
+    coordinator = await Coordinator.open(tight_limits_coordinator_config, data_dir)
+    try:
+        await _safe_mode_refuses(coordinator)
+    finally:
+        await coordinator.close(grace_seconds=0.5)
+
+
+async def test_the_shipped_dca_bot_trades_in_safe_mode(coordinator: Coordinator) -> None:
+    # The shipped limit (250 CAD, so 25 CAD in safe mode) lets the 25 CAD DCA buy through:
+    # the runbook's first step after an incident is this bot in safe mode.
+    runner = await coordinator.supervisor.start("ndax", safe_mode=True)
+    await eventually(
+        lambda: runner.parts.book.fills_count >= 1,
+        what=f"a fill in safe mode ({runner.parts.book.last_refusal})",
+    )
+    assert runner.parts.book.refusals == {}
+
+
+async def _safe_mode_refuses(coordinator: Coordinator) -> None:
     runner = await coordinator.supervisor.start("ndax", safe_mode=True)
     book = runner.parts.book
 
@@ -520,4 +549,5 @@ async def test_safe_mode_refuses_orders_above_the_tightened_limit_and_sends_noth
     status = coordinator.bot_status(runner)
     assert status["safe_mode"] is True
     assert status["orders"] == 0
+    assert status["last_refusal"].startswith("safe_mode_max_order_notional: order notional")
     assert (await bot_row(coordinator, "ndax"))["safe_mode"] == 1

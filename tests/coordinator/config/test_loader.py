@@ -49,7 +49,7 @@ def test_shipped_default_loads_with_the_documented_values() -> None:
     assert kraken.paper.initial_balances == {"AUD": Decimal(10000), "BTC": Decimal("0.05")}
     assert kraken.credentials.uid_env is None
 
-    assert config.limits.limits_for("ndax").max_order_notional == Decimal(100)
+    assert config.limits.limits_for("ndax").max_order_notional == Decimal(250)
     assert config.limits.limits_for("kraken").max_order_notional == Decimal(1000)
     assert config.limits.global_.max_orders_per_minute == 600
     assert config.kill_switch.triggers.bot_crash_loop is True
