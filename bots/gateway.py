@@ -261,7 +261,7 @@ class OrderGateway:
             await self.journal.record_update(OrderUpdate(final, current.status, now, detail=reason))
             self._forget(order.client_order_id)
 
-    async def _unknown_to_exchange(self, order: JournalOrder) -> None:
+    async def _unknown_to_exchange(self, order: JournalOrder, when: str = "") -> None:
         """The exchange has no such order: never placed if it was pending, else gone."""
         self._count_error("order_not_found")
         status = (
@@ -276,7 +276,8 @@ class OrderGateway:
             order.client_order_id,
             status.value,
         )
-        await self._finish_unsent(order, status, "the exchange does not know this order")
+        reason = "the exchange does not know this order" + (f" ({when})" if when else "")
+        await self._finish_unsent(order, status, reason)
 
     # -- keeping up with the exchange ------------------------------------------------------------
 
@@ -284,7 +285,7 @@ class OrderGateway:
         """Give the adapter the market, then bring every live order up to date."""
         self.book.last_price = market.last
         await self.adapter.on_market(market)
-        await self.refresh_live_orders("sync")
+        await self.refresh_live_orders("found in a sync")
 
     async def refresh_live_orders(self, detail: str) -> int:
         """Ask the exchange about every order the journal holds live; returns how many are
@@ -297,7 +298,7 @@ class OrderGateway:
             try:
                 snapshot = await self.adapter.fetch_order(client_order_id, order.symbol)
             except OrderNotFound:
-                await self._unknown_to_exchange(order)
+                await self._unknown_to_exchange(order, detail)
                 continue
             except ExchangeError as exc:
                 unresolved += 1

@@ -77,6 +77,7 @@ class BotRunner:
         self._crashed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._gateway: OrderGateway | None = None
+        self._background: set[asyncio.Future[None]] = set()
 
     # -- control ---------------------------------------------------------------------------------
 
@@ -248,6 +249,11 @@ class BotRunner:
             if self.state is not BotState.STOPPING and self.state is not BotState.CRASHED:
                 self.state = BotState.CRASHED
             self._crashed.set()
+            # Record it too, if the store still can (it may be what failed).
+            persist = asyncio.ensure_future(self._persist_state())
+            self._background.add(persist)
+            persist.add_done_callback(self._background.discard)
+            persist.add_done_callback(_log_persist_failure)
 
     async def _end_task(self) -> None:
         task, self._task = self._task, None
@@ -269,15 +275,23 @@ class BotRunner:
     async def _move(self, target: BotState) -> None:
         check_bot_transition(self.name, self.state, target)
         self.state = target
+        await self._persist_state()
+
+    async def _persist_state(self) -> None:
         await self.journal.save_bot_state(
             self.name,
             self._clock(),
-            state=target.value,
+            state=self.state.value,
             safe_mode=self.safe_mode,
             restarts=self.restarts,
             last_error=self.last_error,
             last_tick_at=self.stats.last_tick_at,
         )
+
+
+def _log_persist_failure(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("could not record a failed supervisor's state: %r", done.exception())
 
 
 class Supervisor:

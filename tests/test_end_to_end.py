@@ -173,7 +173,7 @@ def test_after_kill_9_a_new_process_recovers_the_journal_and_resolves_live_order
         # A paper exchange does not outlive its process: the new one knows none of the orders.
         resolved = db.execute(
             "SELECT COUNT(*) FROM order_events WHERE detail = ? AND to_status IN (?, ?)",
-            ("the exchange does not know this order", "canceled", "failed"),
+            ("the exchange does not know this order (resolved at start-up)", "canceled", "failed"),
         ).fetchone()[0]
     assert live == 0
     assert resolved >= 1, "the grid's resting orders were resolved at the next start"

@@ -538,7 +538,7 @@ async def test_a_resting_limit_order_fills_when_the_market_crosses_it_on_sync(
         D("99.00"),
         "grid-3",
     )
-    assert (await rig.events(cid))[-1] == ("open", "filled", "sync")
+    assert (await rig.events(cid))[-1] == ("open", "filled", "found in a sync")
     assert await rig.journal_balances() == await rig.paper_totals()
 
 
@@ -662,7 +662,7 @@ async def test_a_restart_on_a_fresh_exchange_closes_the_orders_it_does_not_know(
     rows = await after.rows()
     assert (rows[resting]["status"], rows[resting]["reason"]) == (
         "canceled",
-        "the exchange does not know this order",
+        "the exchange does not know this order (restart)",
     )
     assert rows[unsent.client_order_id]["status"] == "failed"
     assert after.book.errors == {"order_not_found": 2}
