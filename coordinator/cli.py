@@ -61,9 +61,9 @@ def _port(text: str) -> int:
     try:
         port = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--port: {text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"--port: {port} is outside 1-65535")
+        raise argparse.ArgumentTypeError(f"{port} is outside 1-65535")
     return port
 
 
