@@ -7,6 +7,7 @@ restarts within one process; at start-up it is loaded from the journal.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -30,6 +31,10 @@ class BotBook:
     last_order_at: datetime | None = None
     last_price: Decimal | None = None  # the market's last price at the latest sync
     unseen_fills: list[FillView] = field(default_factory=list)  # since the strategy last looked
+    # When this process journaled the bot's recent orders (for orders-per-minute limits).
+    recent_orders: deque[datetime] = field(default_factory=lambda: deque(maxlen=10_000))
+    # Orders in a row that the exchange rejected or that failed; a sent order resets it.
+    consecutive_failures: int = 0
 
     @classmethod
     def from_snapshot(cls, snapshot: BookSnapshot) -> BotBook:

@@ -68,6 +68,18 @@ class OrderGate(Protocol):
     def check(self, intent: OrderIntent, book: BotBook) -> Refusal | None: ...
 
 
+SendFailure = Literal["transient", "permanent"]
+
+
+class SendGuard(Protocol):
+    """Watches the sends themselves (circuit breakers): may refuse one right before it goes,
+    and hears how each went. Only transient failures should count against an exchange."""
+
+    def before_send(self, exchange: str) -> Refusal | None: ...
+
+    def after_send(self, exchange: str, failure: SendFailure | None) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
     outcome: Literal["sent", "refused", "rejected", "failed", "unresolved"]
@@ -102,6 +114,7 @@ class OrderGateway:
         book: BotBook,
         gates: Sequence[OrderGate] = (),
         clock: Callable[[], datetime] | None = None,
+        send_guard: SendGuard | None = None,
     ) -> None:
         self.identity = identity
         self.adapter = adapter
@@ -109,6 +122,7 @@ class OrderGateway:
         self.ids = ids
         self.book = book
         self.gates = list(gates)
+        self.send_guard = send_guard
         self._clock = clock or (lambda: datetime.now(UTC))
         self._apply_lock = asyncio.Lock()
         # Orders being sent right now: refreshes leave them alone and cancels wait for the send,
@@ -164,6 +178,7 @@ class OrderGateway:
             self.book.trade_ids[order.client_order_id] = set()
             self.book.orders_count += 1
             self.book.last_order_at = order.created_at
+            self.book.recent_orders.append(order.created_at)
 
         write.add_done_callback(enter_book)
         await asyncio.shield(write)
@@ -172,6 +187,8 @@ class OrderGateway:
         # A gate may have closed while the intent was being committed: ask again, and send in
         # the same step, with no await in between.
         refusal = self._recheck(intent, order.client_order_id)
+        if refusal is None and self.send_guard is not None:
+            refusal = self.send_guard.before_send(self.identity.exchange)
         if refusal is not None:
             await self._finish_unsent(order, OrderStatus.FAILED, f"not sent: {refusal.reason}")
             return self._refused(refusal, order.client_order_id)
@@ -181,6 +198,7 @@ class OrderGateway:
         try:
             snapshot = await self.adapter.create_order(request)
         except OrderRejected as exc:
+            self._after_send("permanent")
             self._count_error(exc.code)
             await self._finish_unsent(order, OrderStatus.REJECTED, exc.reason)
             log.warning(
@@ -193,14 +211,27 @@ class OrderGateway:
             return SubmitResult("rejected", order.client_order_id, exc.code, exc.reason)
         except TransientExchangeError as exc:
             # The request may or may not have reached the exchange: look it up, never resend.
+            self._after_send("transient")
             self._count_error("transient")
             return await self._resolve_after_send_error(order, exc)
         except ExchangeError as exc:
+            self._after_send("permanent")
             self._count_error("exchange_error")
             log.error("%s: order %d failed: %s", self.identity.bot, order.client_order_id, exc)
             return await self._resolve_after_send_error(order, exc)
+        except BaseException:
+            self._after_send(None)  # cancelled mid-send: release a probe slot, count nothing
+            raise
+        self._after_send(None)
+        self.book.consecutive_failures = 0
         await self._apply(order.client_order_id, snapshot, "acknowledged")
         return SubmitResult("sent", order.client_order_id)
+
+    def _after_send(self, failure: SendFailure | None) -> None:
+        if failure is not None:
+            self.book.consecutive_failures += 1
+        if self.send_guard is not None:
+            self.send_guard.after_send(self.identity.exchange, failure)
 
     def _first_refusal(self, intent: OrderIntent) -> Refusal | None:
         for gate in self.gates:

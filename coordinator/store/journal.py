@@ -7,7 +7,7 @@ stored as TEXT (exact decimals); times as ISO-8601 UTC strings.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -227,6 +227,39 @@ class SqliteJournal:
             )
         statements.extend(_balance_upserts(bot, balances, at))
         await self.store.write(statements)
+
+    # -- safety state ----------------------------------------------------------------------------
+
+    async def save_safety_state(
+        self,
+        key: str,
+        value: Mapping[str, Any],
+        at: datetime,
+        also: Sequence[Statement] = (),
+    ) -> None:
+        """Persist one safety component's state (and `also`, atomically) in the safety lane."""
+        await self.store.write(
+            [
+                (
+                    "INSERT INTO safety_state (key, value, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+                    " updated_at = excluded.updated_at",
+                    (key, json.dumps(dict(value), default=str, sort_keys=True), iso(at)),
+                ),
+                *also,
+            ],
+            Priority.SAFETY,
+        )
+
+    async def load_safety_state(self) -> dict[str, dict[str, Any]]:
+        rows = await self.store.fetch_all("SELECT key, value FROM safety_state")
+        return {row["key"]: json.loads(row["value"]) for row in rows}
+
+    async def kill_switch_activations_since(self, since: datetime) -> int:
+        row = await self.store.fetch_one(
+            "SELECT COUNT(*) FROM kill_switch_activations WHERE at >= ?", (iso(since),)
+        )
+        return int(row[0]) if row else 0
 
     # -- audit -----------------------------------------------------------------------------------
 

@@ -118,4 +118,28 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        2,
+        "safety: kill switch, breakers and risk baselines; kill switch activations",
+        """
+        -- One row per safety component (the kill switch, each circuit breaker, each bot's daily
+        -- risk baseline): its state as JSON, read back before any bot may start.
+        CREATE TABLE safety_state (
+            key         TEXT PRIMARY KEY,
+            value       TEXT NOT NULL,
+            updated_at  TEXT NOT NULL
+        );
+        CREATE TABLE kill_switch_activations (
+            id       INTEGER PRIMARY KEY AUTOINCREMENT,
+            at       TEXT NOT NULL,
+            trigger  TEXT NOT NULL,
+            reason   TEXT NOT NULL,
+            actor    TEXT NOT NULL
+        );
+        CREATE INDEX kill_switch_activations_by_time ON kill_switch_activations (at);
+        """,
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version

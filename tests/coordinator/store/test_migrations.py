@@ -20,6 +20,8 @@ JOURNAL_TABLES = {
     "balances",
     "balance_adjustments",
     "audit_events",
+    "safety_state",
+    "kill_switch_activations",
 }
 
 
@@ -151,3 +153,26 @@ async def test_a_bare_database_claiming_a_newer_version_gets_no_tables(tmp_path:
     assert re.search(rf"version {newer}\b.*\({LATEST_VERSION}\)", str(refusal))
     assert await tables(path) == {"schema_migrations"}
     assert [version for version, _, _ in await applied(path)] == [newer]
+
+
+async def test_a_version_1_database_is_migrated_to_the_latest_keeping_its_rows(
+    tmp_path: Path,
+) -> None:
+    """An operator's existing journal survives the upgrade: v1 rows stay, v2 tables appear."""
+    path = tmp_path / "v1.db"
+    async with aiosqlite.connect(str(path)) as conn:
+        await conn.executescript(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at TEXT NOT NULL);"
+            + MIGRATIONS[0].sql
+            + "INSERT INTO schema_migrations VALUES (1, 'v1', '2026-01-01T00:00:00Z');"
+            "INSERT INTO audit_events (at, actor, action, result)"
+            " VALUES ('t', 'old', 'kept', 'ok');"
+        )
+
+    await open_and_close(path)
+
+    assert await query(path, "SELECT actor FROM audit_events") == [("old",)]
+    versions = await query(path, "SELECT version FROM schema_migrations ORDER BY version")
+    assert versions == [(v.version,) for v in MIGRATIONS]
+    assert await query(path, "SELECT COUNT(*) FROM safety_state") == [(0,)]
