@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from coordinator import __version__
-from coordinator.api.auth import TokenError, load_or_create_token
+from coordinator.api.auth import TokenError, load_or_create_admin_token, load_or_create_token
 from coordinator.config import ConfigError, embedded_config_dir, load_config
 from coordinator.config.models import CoordinatorConfig
 from coordinator.logging_setup import configure_logging
@@ -108,13 +108,14 @@ def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) 
             log.warning("%s is readable by other users; chmod 700 it", args.data_dir)
         lock = _lock_data_dir(args.data_dir)
         token = load_or_create_token(args.data_dir)
+        admin_token = load_or_create_admin_token(args.data_dir)
     except (OSError, TokenError, StartupError) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_START_FAILED
     options = ServerOptions(args.host, args.port, args.data_dir)
     try:
         with asyncio.Runner(loop_factory=_loop_factory(args.no_uvloop)) as runner:
-            runner.run(serve(config, options, token))
+            runner.run(serve(config, options, token, admin_token))
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_START_FAILED

@@ -26,6 +26,11 @@ class Unauthorized(CoordinatorError):
     code = "unauthorized"
 
 
+class Forbidden(CoordinatorError):
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(CoordinatorError):
     status = 404
     code = "not_found"

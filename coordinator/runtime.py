@@ -23,6 +23,7 @@ from coordinator import __version__
 from coordinator.config.models import CoordinatorConfig
 from coordinator.errors import CoordinatorError, ShuttingDown, WrongState
 from coordinator.lifecycle import BotState
+from coordinator.safety.kill_switch import KillSwitch, Trigger
 from coordinator.store.journal import SqliteJournal, iso
 from coordinator.store.sqlite import MAX_BATCH_JOBS, SqliteStore
 from coordinator.supervisor import BotRunner, Supervisor
@@ -42,8 +43,10 @@ class Coordinator:
         supervisor: Supervisor,
         public: PublicExchanges,
         clock: Callable[[], datetime],
+        kill_switch: KillSwitch,
     ) -> None:
         self.config = config
+        self.kill_switch = kill_switch
         self.store = store
         self.journal = journal
         self.supervisor = supervisor
@@ -52,6 +55,9 @@ class Coordinator:
         self.started_at = clock()
         self._started_monotonic = time.monotonic()
         self.accepting = True
+        # Cancellations a kill switch started and did not finish before answering.
+        self._background: set[asyncio.Task[Any]] = set()
+        kill_switch.halt = self.halt_all
 
     @classmethod
     async def open(
@@ -66,6 +72,10 @@ class Coordinator:
         public = PublicExchanges()
         try:
             journal = SqliteJournal(store)
+            # The kill switch is read back before anything else: no bot may start while it is
+            # active, whatever happened to the previous process.
+            kill_switch = KillSwitch(config.kill_switch, config.recovery, journal, clock)
+            await kill_switch.load()
             ids = ClientOrderIds(floor=await journal.max_client_order_id())
             runners: dict[str, BotRunner] = {}
             for bot in config.bots.bots:
@@ -75,8 +85,15 @@ class Coordinator:
                 persisted = dict(await journal.load_bot_row(bot.name) or {})
                 await _note_unclean_end(journal, bot.name, persisted, clock())
                 parts = await build_bot_parts(bot, config, journal, public, clock)
+                parts.gates.insert(0, kill_switch.gate)  # first: nothing outranks it
                 runners[bot.name] = BotRunner(
-                    parts, journal, ids, config.recovery, _decode_row(persisted), clock
+                    parts,
+                    journal,
+                    ids,
+                    config.recovery,
+                    _decode_row(persisted),
+                    clock,
+                    start_guard=_refuse_while_active(kill_switch),
                 )
                 await _resolve_orders_left_live(runners[bot.name])
                 await journal.save_bot_state(bot.name, clock(), state=BotState.STOPPED.value)
@@ -85,7 +102,7 @@ class Coordinator:
             await store.close()
             raise
         supervisor = Supervisor(runners, config.recovery)
-        coordinator = cls(config, store, journal, supervisor, public, clock)
+        coordinator = cls(config, store, journal, supervisor, public, clock, kill_switch)
         # Everything built so far (ccxt's exchange classes alone are ~85 MiB of objects) lives
         # as long as the process: move it out of the collector's reach, or each full collection
         # walks it all and stalls the loop for 50-70 ms (docs/benchmarks.md).
@@ -151,6 +168,61 @@ class Coordinator:
         log.warning("%s: paper drill set by %s: %s", name, actor, result["drill"])
         return result
 
+    async def activate_kill_switch(
+        self, reason: str, actor: str, trigger: Trigger = Trigger.MANUAL
+    ) -> dict[str, Any]:
+        """Stop everything. Accepted even while shutting down: stopping is always allowed."""
+        result: dict[str, Any] = await self._audited(
+            actor,
+            "kill_switch.activate",
+            None,
+            lambda: self.kill_switch.activate(reason, actor, trigger),
+            {"reason": reason, "trigger": trigger.value},
+            always=True,
+        )
+        return result
+
+    async def override_kill_switch(self, reason: str, actor: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._audited(
+            actor,
+            "kill_switch.override",
+            None,
+            lambda: self.kill_switch.override(reason, actor),
+            {"reason": reason},
+        )
+        return result
+
+    async def force_override_kill_switch(
+        self, reason: str, actor: str, approved_by: str
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self._audited(
+            actor,
+            "kill_switch.force_override",
+            None,
+            lambda: self.kill_switch.force_override(reason, actor, approved_by),
+            {"reason": reason, "approved_by": approved_by},
+        )
+        return result
+
+    async def halt_all(self, reason: str) -> None:
+        """Halt every bot at once: ticks cancelled, then every open order cancelled. Waits up to
+        HALT_WAIT_SECONDS; cancellations still running then go on in the background."""
+        halts = [
+            asyncio.create_task(runner.halt(reason), name=f"halt:{runner.name}")
+            for runner in self.supervisor.runners.values()
+        ]
+        if not halts:
+            return
+        _, pending = await asyncio.wait(halts, timeout=HALT_WAIT_SECONDS)
+        for task in halts:
+            task.add_done_callback(_log_halt_failure)
+        for task in pending:
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            log.warning(
+                "%s still running after %.0fs; it goes on", task.get_name(), HALT_WAIT_SECONDS
+            )
+
     async def _audited(
         self,
         actor: str,
@@ -158,11 +230,13 @@ class Coordinator:
         subject: str | None,
         operation: Callable[[], Awaitable[Any]],
         details: dict[str, Any],
+        always: bool = False,
     ) -> Any:
-        """Run a control action and audit it, refused or not, before the answer returns."""
+        """Run a control action and audit it, refused or not, before the answer returns.
+        `always`: taken even while shutting down (the kill switch)."""
         result = "cancelled before it finished"
         try:
-            if not self.accepting:
+            if not self.accepting and not always:
                 raise ShuttingDown("the coordinator is shutting down; no new actions are taken")
             outcome = await operation()
         except CoordinatorError as exc:
@@ -190,7 +264,8 @@ class Coordinator:
 
     def status(self) -> dict[str, Any]:
         return {
-            "kill_switch_active": False,
+            "kill_switch_active": self.kill_switch.active,
+            "kill_switch": self.kill_switch.status(),
             "bots": [self.bot_status(r) for r in self.supervisor.runners.values()],
             "circuit_breaker": {},
             "coordinator": {
@@ -259,6 +334,8 @@ class Coordinator:
         """Stop taking actions, stop every bot (cancelling open orders), then close everything."""
         self.accepting = False
         errors = await self.supervisor.stop_all(reason, grace_seconds)
+        if self._background:
+            await asyncio.wait(self._background, timeout=grace_seconds or 1.0)
         for runner in self.supervisor.runners.values():
             await _close_quietly(runner.name, runner.parts.feed.close())
             await _close_quietly(runner.name, runner.parts.adapter.close())
@@ -272,6 +349,23 @@ class Coordinator:
             details={"cancel_errors": errors},
         )
         await self.store.close()
+
+
+HALT_WAIT_SECONDS = 2.0
+
+
+def _refuse_while_active(kill_switch: KillSwitch) -> Callable[[], str | None]:
+    def guard() -> str | None:
+        if not kill_switch.active:
+            return None
+        return f"the kill switch is active ({kill_switch.state.reason}); override it first"
+
+    return guard
+
+
+def _log_halt_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed: %r", task.get_name(), task.exception(), exc_info=task.exception())
 
 
 async def _close_quietly(name: str, closing: Any) -> None:

@@ -41,12 +41,15 @@ async def serve(
     config: CoordinatorConfig,
     options: ServerOptions,
     token: ControlToken,
+    admin_token: ControlToken | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve until `stop` is set (by a signal, when not given)."""
     stop = stop or _stop_on_signals()
     coordinator = await Coordinator.open(config, options.data_dir)
-    runner = web.AppRunner(make_app(coordinator, token), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        make_app(coordinator, token, admin_token), access_log=None, handle_signals=False
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, options.host, options.port)
@@ -58,7 +61,7 @@ async def serve(
                 f"cannot listen on {options.host}:{options.port}: the port {reason}; "
                 f"stop the other process or pass --port"
             ) from exc
-        _announce(coordinator, options, token)
+        _announce(coordinator, options, token, admin_token)
         await stop.wait()
         log.info("shutting down: stopping bots and cancelling their open orders")
     finally:
@@ -102,7 +105,12 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-def _announce(coordinator: Coordinator, options: ServerOptions, token: ControlToken) -> None:
+def _announce(
+    coordinator: Coordinator,
+    options: ServerOptions,
+    token: ControlToken,
+    admin_token: ControlToken | None,
+) -> None:
     bots = coordinator.config.bots.bots
     modes = ", ".join(f"{b.name} ({b.mode.value}, {b.market_data.value} data)" for b in bots)
     log.info(
@@ -118,6 +126,15 @@ def _announce(coordinator: Coordinator, options: ServerOptions, token: ControlTo
     else:
         hint = "the token is in $BOT_COORDINATOR_TOKEN"
     log.info("control token: %s  (%s)", token.where(), hint)
+    if admin_token is not None:
+        log.info("admin token (force_override, breaker resets): %s", admin_token.where())
+    if coordinator.kill_switch.active:
+        state = coordinator.kill_switch.state
+        log.warning(
+            "the kill switch is ACTIVE since %s (%s): bots cannot start until it is overridden",
+            state.at,
+            state.reason,
+        )
     log.info("ready: curl http://%s:%d/status", options.host, options.port)
     if options.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(

@@ -23,7 +23,7 @@ from bots.book import BotBook
 from bots.bot import Bot, TickStats
 from bots.exchanges.base import ExchangeAdapter
 from bots.feeds.base import MarketFeed
-from bots.gateway import BotIdentity, OrderGate, OrderGateway
+from bots.gateway import BotIdentity, OrderGate, OrderGateway, SendGuard
 from bots.ids import ClientOrderIds
 from bots.strategies.base import Strategy
 from coordinator.config.models import BotConfig, RecoverySettings
@@ -46,6 +46,7 @@ class BotParts:
     make_strategy: Callable[[], Strategy]
     gates: list[OrderGate] = field(default_factory=list)  # always applied
     safe_mode_gates: list[OrderGate] = field(default_factory=list)  # added in safe mode
+    send_guard: SendGuard | None = None  # the circuit breakers
 
 
 class BotRunner:
@@ -57,8 +58,11 @@ class BotRunner:
         settings: RecoverySettings,
         persisted: Mapping[str, Any] | None = None,
         clock: Callable[[], datetime] | None = None,
+        start_guard: Callable[[], str | None] | None = None,
     ) -> None:
         self.parts = parts
+        # Asked before every start and restart: a reason not to (the kill switch), or None.
+        self.start_guard = start_guard
         self.name = parts.config.name
         self.journal = journal
         self.ids = ids
@@ -82,6 +86,9 @@ class BotRunner:
     # -- control ---------------------------------------------------------------------------------
 
     async def start(self, safe_mode: bool = False) -> None:
+        refusal = self.start_guard() if self.start_guard else None
+        if refusal is not None:
+            raise Conflict(f"bot {self.name!r} cannot start: {refusal}")
         if self.state not in STARTABLE:
             raise WrongState(
                 f"bot {self.name!r} is {self.state.value}; it can be started only "
@@ -120,9 +127,10 @@ class BotRunner:
         if task is not None and not task.done():
             done, _ = await asyncio.wait({task}, timeout=grace_seconds)
             if not done:
-                log.warning(
-                    "%s: tick did not end within %.1fs; cancelling it", self.name, grace_seconds
-                )
+                if grace_seconds > 0:
+                    log.warning(
+                        "%s: tick did not end within %.1fs; cancelling it", self.name, grace_seconds
+                    )
                 await self._end_task()
         errors = await self.gateway().cancel_all(reason)
         if errors:
@@ -130,6 +138,13 @@ class BotRunner:
         await self._move(BotState.STOPPED)
         log.info("%s: stopped (%s)", self.name, reason)
         return errors
+
+    async def halt(self, reason: str) -> list[str]:
+        """The kill switch's stop: the tick is cancelled at once (no grace), then every open
+        order is cancelled. A bot already stopped or stopping is left as it is."""
+        if self.state not in STOPPABLE:
+            return []
+        return await self.stop(reason, grace_seconds=0)
 
     async def wait_healthy(self, within_seconds: float) -> str | None:
         """Wait for the first healthy tick; None when seen, else why not."""
@@ -173,6 +188,7 @@ class BotRunner:
             self.parts.book,
             gates,
             self._clock,
+            self.parts.send_guard,
         )
 
     async def _supervise(self) -> None:
@@ -233,6 +249,10 @@ class BotRunner:
             if self._stop.is_set():
                 return
             self.next_restart_at = None
+            refusal = self.start_guard() if self.start_guard else None
+            if refusal is not None:
+                log.warning("%s: not restarting: %s", self.name, refusal)
+                return
             self.restarts += 1
             self.stats.healthy = asyncio.Event()
             log.warning("%s: restarting (restart %d)", self.name, self.restarts)

@@ -13,25 +13,35 @@ from coordinator.api.errors import Handler, error_response, json_errors
 from coordinator.api.requests import (
     MAX_BODY_BYTES,
     EmptyRequest,
+    KillSwitchRequest,
     PaperDrillRequest,
     StartRequest,
     StopRequest,
     parse_body,
 )
-from coordinator.errors import BadRequest
+from coordinator.errors import BadRequest, Forbidden, Unauthorized
 from coordinator.runtime import Coordinator
 
 COORDINATOR = web.AppKey("coordinator", Coordinator)
 TOKEN = web.AppKey("token", ControlToken)
+ADMIN_TOKEN = web.AppKey("admin_token", ControlToken)
 
 OPERATOR = "operator-token"
+ADMIN = "admin-token"
+LOOPBACK = "loopback"
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Endpoints that decide about credentials themselves (stopping is allowed without a token).
+_OWN_AUTH = frozenset({"/kill-switch"})
 
 
-def make_app(coordinator: Coordinator, token: ControlToken) -> web.Application:
+def make_app(
+    coordinator: Coordinator, token: ControlToken, admin_token: ControlToken | None = None
+) -> web.Application:
     app = web.Application(middlewares=[json_errors, require_token], client_max_size=MAX_BODY_BYTES)
     app[COORDINATOR] = coordinator
     app[TOKEN] = token
+    if admin_token is not None:
+        app[ADMIN_TOKEN] = admin_token
     app.router.add_get("/status", get_status)
     app.router.add_get("/health", get_health)
     app.router.add_get("/audit", get_audit)
@@ -39,12 +49,14 @@ def make_app(coordinator: Coordinator, token: ControlToken) -> web.Application:
     app.router.add_post("/stop", post_stop)
     app.router.add_post("/start-sequential", post_start_sequential)
     app.router.add_post("/paper/drill", post_paper_drill)
+    app.router.add_get("/kill-switch", get_kill_switch)
+    app.router.add_post("/kill-switch", post_kill_switch)
     return app
 
 
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.method not in _MUTATING:
+    if request.method not in _MUTATING or request.path in _OWN_AUTH:
         return await handler(request)
     token = request.app[TOKEN]
     header = request.headers.get("Authorization", "")
@@ -110,4 +122,55 @@ async def post_paper_drill(request: web.Request) -> web.Response:
     if not drill:
         raise BadRequest("say what to drill: reject_next, fail_next and/or partial_fill_ratio")
     result = await request.app[COORDINATOR].paper_drill(body.bot, drill, OPERATOR)
+    return web.json_response(result)
+
+
+def _credential(request: web.Request) -> str | None:
+    """ADMIN or OPERATOR for a valid bearer token; None for none or a wrong one."""
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return None
+    presented = presented.strip()
+    admin = request.app.get(ADMIN_TOKEN)
+    if admin is not None and admin.matches(presented):
+        return ADMIN
+    if request.app[TOKEN].matches(presented):
+        return OPERATOR
+    return None
+
+
+def _from_loopback(request: web.Request) -> bool:
+    remote = request.remote or ""
+    return remote == "::1" or remote.startswith("127.")
+
+
+async def get_kill_switch(request: web.Request) -> web.Response:
+    return web.json_response(request.app[COORDINATOR].kill_switch.status())
+
+
+async def post_kill_switch(request: web.Request) -> web.Response:
+    body = await parse_body(request, KillSwitchRequest)
+    coordinator = request.app[COORDINATOR]
+    who = _credential(request)
+    if body.action == "activate":
+        if who is None and not _from_loopback(request):
+            raise Unauthorized("activating from another machine needs a token")
+        result = await coordinator.activate_kill_switch(body.reason, who or LOOPBACK)
+        return web.json_response(result)
+    if body.action == "override":
+        if who is None:
+            raise Unauthorized(
+                f"override needs 'Authorization: Bearer <token>' (operator or admin); the operator "
+                f"token is in {request.app[TOKEN].where()}"
+            )
+        return web.json_response(await coordinator.override_kill_switch(body.reason, who))
+    if body.approved_by is None:
+        raise BadRequest("approved_by: required for force_override (who approved it)")
+    if who is None:
+        raise Unauthorized("force_override needs 'Authorization: Bearer <admin token>'")
+    if who != ADMIN:
+        admin = request.app.get(ADMIN_TOKEN)
+        where = admin.where() if admin is not None else "the admin token"
+        raise Forbidden(f"force_override needs the admin token ({where}), not the operator token")
+    result = await coordinator.force_override_kill_switch(body.reason, who, body.approved_by)
     return web.json_response(result)

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 TOKEN_ENV = "BOT_COORDINATOR_TOKEN"  # noqa: S105 (the name of a variable, not a secret)
 TOKEN_FILE = "control.token"  # noqa: S105 (a file name)
+# The admin token: force_override of the kill switch and resets of latched breakers.
+ADMIN_TOKEN_ENV = "BOT_COORDINATOR_ADMIN_TOKEN"  # noqa: S105 (the name of a variable)
+ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 (a file name)
 MIN_TOKEN_LENGTH = 16
 
 
@@ -35,20 +38,25 @@ class ControlToken:
     def matches(self, presented: str) -> bool:
         return hmac.compare_digest(presented.encode(), self.value.encode())
 
+    env_name: str = TOKEN_ENV
+
     def where(self) -> str:
-        return f"${TOKEN_ENV}" if self.source == "env" else str(self.path)
+        return f"${self.env_name}" if self.source == "env" else str(self.path)
 
 
-def load_or_create_token(data_dir: Path, environ: dict[str, str] | None = None) -> ControlToken:
+def load_or_create_token(
+    data_dir: Path,
+    environ: dict[str, str] | None = None,
+    env_name: str = TOKEN_ENV,
+    file_name: str = TOKEN_FILE,
+) -> ControlToken:
     env = os.environ if environ is None else environ
-    from_env = env.get(TOKEN_ENV, "").strip()
+    from_env = env.get(env_name, "").strip()
     if from_env:
         if len(from_env) < MIN_TOKEN_LENGTH:
-            raise TokenError(
-                f"{TOKEN_ENV} is too short: use at least {MIN_TOKEN_LENGTH} characters"
-            )
-        return ControlToken(from_env, "env")
-    path = data_dir / TOKEN_FILE
+            raise TokenError(f"{env_name} is too short: use at least {MIN_TOKEN_LENGTH} characters")
+        return ControlToken(from_env, "env", env_name=env_name)
+    path = data_dir / file_name
     if path.exists():
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
@@ -57,12 +65,18 @@ def load_or_create_token(data_dir: Path, environ: dict[str, str] | None = None) 
         value = path.read_text(encoding="utf-8").strip()
         if len(value) < MIN_TOKEN_LENGTH:
             raise TokenError(f"{path} holds no usable token: delete it to have a new one made")
-        return ControlToken(value, "file", path)
+        return ControlToken(value, "file", path, env_name)
     value = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(value + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    log.info("generated a control token in %s", path)
-    return ControlToken(value, "file", path)
+    log.info("generated a token in %s", path)
+    return ControlToken(value, "file", path, env_name)
+
+
+def load_or_create_admin_token(
+    data_dir: Path, environ: dict[str, str] | None = None
+) -> ControlToken:
+    return load_or_create_token(data_dir, environ, ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE)

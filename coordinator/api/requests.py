@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
@@ -32,6 +32,12 @@ class StopRequest(_Body):
 
 class EmptyRequest(_Body):
     pass
+
+
+class KillSwitchRequest(_Body):
+    action: Literal["activate", "override", "force_override"]
+    reason: str = Field(min_length=1, max_length=500, pattern=r"\S")
+    approved_by: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"\S")
 
 
 class PaperDrillRequest(_Body):

@@ -1,0 +1,269 @@
+"""The kill switch: once activated, no order leaves the process, and that survives restarts.
+
+Activation closes the gate first, synchronously (every gateway re-checks it with no await before
+each send, so nothing is sent after `activate` has begun), then makes the state durable in the
+store's safety lane, then halts every bot. It stays active across restarts until an operator lifts
+it: `override` (operator token; refused during the cooldown after the last activation and while
+the global breaker is open) or `force_override` (admin token and a named approver; bypasses both
+and clears the activation-count trip). Activations are counted: more than
+`activation_limit.max_activations` within `window_minutes` trips the global breaker, latched.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from bots.book import BotBook
+from bots.gateway import Refusal
+from bots.models import OrderIntent
+from coordinator.config.models import KillSwitchConfig, RecoverySettings
+from coordinator.errors import Conflict
+from coordinator.store.journal import SqliteJournal, iso, parse_time
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "kill_switch"
+
+
+class Trigger(enum.StrEnum):
+    MANUAL = "manual"
+    DAILY_LOSS = "daily_loss"
+    DRAWDOWN = "drawdown"
+    ORDER_FAILURES = "consecutive_order_failures"
+    BREAKER_OPEN = "exchange_breaker_open"
+    CRASH_LOOP = "bot_crash_loop"
+
+
+@dataclass(frozen=True, slots=True)
+class KillSwitchState:
+    active: bool = False
+    reason: str | None = None
+    by: str | None = None
+    at: datetime | None = None
+    trigger: str | None = None
+    cooldown_until: datetime | None = None
+    last_lifted: dict[str, Any] | None = None  # {kind, by, approved_by, reason, at}
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["at"] = iso(self.at) if self.at else None
+        data["cooldown_until"] = iso(self.cooldown_until) if self.cooldown_until else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KillSwitchState:
+        try:
+            return cls(
+                active=bool(data["active"]),
+                reason=data.get("reason"),
+                by=data.get("by"),
+                at=parse_time(data.get("at")),
+                trigger=data.get("trigger"),
+                cooldown_until=parse_time(data.get("cooldown_until")),
+                last_lifted=data.get("last_lifted"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"the stored kill switch state is unreadable: {exc!r}") from exc
+
+
+class KillSwitchGate:
+    """The order gate: refuses every order while the switch is active."""
+
+    def __init__(self, switch: KillSwitch) -> None:
+        self.switch = switch
+
+    def check(self, intent: OrderIntent, book: BotBook) -> Refusal | None:
+        state = self.switch.state
+        if not state.active:
+            return None
+        since = iso(state.at) if state.at else "an unknown time"
+        return Refusal("kill_switch", f"the kill switch is active since {since}: {state.reason}")
+
+
+Halt = Callable[[str], Awaitable[None]]
+TripGlobalBreaker = Callable[[str], None]
+GlobalBreakerOpen = Callable[[], str | None]  # why it is open, or None
+
+
+class KillSwitch:
+    def __init__(
+        self,
+        config: KillSwitchConfig,
+        recovery: RecoverySettings,
+        journal: SqliteJournal,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.config = config
+        self.cooldown = timedelta(minutes=recovery.recovery.cooldown_period_minutes)
+        self.journal = journal
+        self.clock = clock
+        self.state = KillSwitchState()
+        self.gate = KillSwitchGate(self)
+        # Wired by the coordinator: how to halt every bot and how to reach the global breaker.
+        self.halt: Halt | None = None
+        self.trip_global_breaker: TripGlobalBreaker | None = None
+        self.global_breaker_open: GlobalBreakerOpen | None = None
+        self._activations_in_window = 0
+
+    @property
+    def active(self) -> bool:
+        return self.state.active
+
+    async def load(self) -> None:
+        """Read the persisted state back; an unreadable one is treated as ACTIVE (fail safe)."""
+        stored = (await self.journal.load_safety_state()).get(STATE_KEY)
+        if stored is not None:
+            try:
+                self.state = KillSwitchState.from_json(stored)
+            except ValueError as exc:
+                log.critical("%s; treating the kill switch as active", exc)
+                self.state = KillSwitchState(
+                    active=True,
+                    reason=str(exc),
+                    by="coordinator",
+                    at=self.clock(),
+                    trigger="unreadable_state",
+                )
+        self._activations_in_window = await self._count_recent_activations()
+        if self.state.active:
+            log.warning(
+                "kill switch is ACTIVE (since %s, %s: %s): no bot may start until it is overridden",
+                self.state.at,
+                self.state.trigger,
+                self.state.reason,
+            )
+
+    # -- activate ------------------------------------------------------------------------------
+
+    async def activate(self, reason: str, actor: str, trigger: Trigger) -> dict[str, Any]:
+        now = self.clock()
+        already = self.state.active
+        if not already:
+            # The gate closes here, before the first await: from now on nothing is sent.
+            self.state = KillSwitchState(
+                active=True,
+                reason=reason,
+                by=actor,
+                at=now,
+                trigger=trigger.value,
+                cooldown_until=now + self.cooldown,
+                last_lifted=self.state.last_lifted,
+            )
+            log.critical("KILL SWITCH ACTIVATED by %s (%s): %s", actor, trigger.value, reason)
+            await self.journal.save_safety_state(
+                STATE_KEY,
+                self.state.to_json(),
+                now,
+                also=[
+                    (
+                        "INSERT INTO kill_switch_activations (at, trigger, reason, actor)"
+                        " VALUES (?, ?, ?, ?)",
+                        (iso(now), trigger.value, reason, actor),
+                    )
+                ],
+            )
+            self._activations_in_window = await self._count_recent_activations()
+            self._check_activation_limit()
+        else:
+            log.warning(
+                "kill switch activation by %s while already active (%s): %s",
+                actor,
+                self.state.reason,
+                reason,
+            )
+        if self.halt is not None:
+            await self.halt(f"kill switch: {reason}")
+        return {"already_active": already, **self.status()}
+
+    def _check_activation_limit(self) -> None:
+        limit = self.config.activation_limit
+        if self._activations_in_window > limit.max_activations and self.trip_global_breaker:
+            self.trip_global_breaker(
+                f"kill switch activated {self._activations_in_window} times in "
+                f"{limit.window_minutes} minutes (limit {limit.max_activations})"
+            )
+
+    async def _count_recent_activations(self) -> int:
+        window = timedelta(minutes=self.config.activation_limit.window_minutes)
+        return await self.journal.kill_switch_activations_since(self.clock() - window)
+
+    # -- lift ------------------------------------------------------------------------------------
+
+    async def override(self, reason: str, actor: str) -> dict[str, Any]:
+        """Lift the switch, unless it is cooling down or the global breaker is open."""
+        self._require_active()
+        now = self.clock()
+        until = self.state.cooldown_until
+        if until is not None and now < until:
+            left = until - now
+            raise Conflict(
+                f"the kill switch is in its cooldown for {_duration(left)} more (until "
+                f"{iso(until)}); wait, or use force_override with the admin token"
+            )
+        why_open = self.global_breaker_open() if self.global_breaker_open else None
+        if why_open:
+            raise Conflict(
+                f"the global breaker is open ({why_open}); override is refused until it closes, "
+                f"or use force_override with the admin token"
+            )
+        return await self._lift("override", reason, actor, None)
+
+    async def force_override(self, reason: str, actor: str, approved_by: str) -> dict[str, Any]:
+        """Lift the switch whatever the cooldown and the activation-count breaker say."""
+        self._require_active()
+        return await self._lift("force_override", reason, actor, approved_by)
+
+    async def _lift(
+        self, kind: str, reason: str, actor: str, approved_by: str | None
+    ) -> dict[str, Any]:
+        now = self.clock()
+        lifted = {
+            "kind": kind,
+            "by": actor,
+            "approved_by": approved_by,
+            "reason": reason,
+            "at": iso(now),
+        }
+        new_state = replace(KillSwitchState(), last_lifted=lifted)
+        await self.journal.save_safety_state(STATE_KEY, new_state.to_json(), now)
+        self.state = new_state  # only once it is durable: a failed write leaves it active
+        log.warning(
+            "kill switch lifted (%s) by %s%s: %s",
+            kind,
+            actor,
+            f", approved by {approved_by}" if approved_by else "",
+            reason,
+        )
+        return self.status()
+
+    def _require_active(self) -> None:
+        if not self.state.active:
+            raise Conflict("the kill switch is not active")
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        until = self.state.cooldown_until
+        left = max(0.0, (until - now).total_seconds()) if until and self.state.active else 0.0
+        limit = self.config.activation_limit
+        return {
+            **self.state.to_json(),
+            "cooldown_seconds_left": round(left, 1),
+            "activations_in_window": self._activations_in_window,
+            "activation_limit": {
+                "max_activations": limit.max_activations,
+                "window_minutes": limit.window_minutes,
+            },
+        }
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds() + 0.999)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
