@@ -68,7 +68,7 @@ class OrderGate(Protocol):
     def check(self, intent: OrderIntent, book: BotBook) -> Refusal | None: ...
 
 
-SendFailure = Literal["transient", "permanent"]
+SendFailure = Literal["transient", "permanent", "cancelled"]
 
 
 class SendGuard(Protocol):
@@ -220,7 +220,7 @@ class OrderGateway:
             log.error("%s: order %d failed: %s", self.identity.bot, order.client_order_id, exc)
             return await self._resolve_after_send_error(order, exc)
         except BaseException:
-            self._after_send(None)  # cancelled mid-send: release a probe slot, count nothing
+            self._after_send("cancelled")  # no evidence either way: free a probe slot only
             raise
         self._after_send(None)
         self.book.consecutive_failures = 0
@@ -228,7 +228,7 @@ class OrderGateway:
         return SubmitResult("sent", order.client_order_id)
 
     def _after_send(self, failure: SendFailure | None) -> None:
-        if failure is not None:
+        if failure in ("transient", "permanent"):
             self.book.consecutive_failures += 1
         if self.send_guard is not None:
             self.send_guard.after_send(self.identity.exchange, failure)
@@ -246,11 +246,18 @@ class OrderGateway:
         the very order it is deciding about. Synchronous, so no one else sees the book without
         it."""
         own = self.book.live_orders.pop(client_order_id, None)
+        counted = own is not None and own.created_at in self.book.recent_orders
+        if counted:
+            assert own is not None
+            self.book.recent_orders.remove(own.created_at)  # nor in the orders-per-minute count
         try:
             return self._first_refusal(intent)
         finally:
             if own is not None:
                 self.book.live_orders[client_order_id] = own
+            if counted:
+                assert own is not None
+                self.book.recent_orders.append(own.created_at)
 
     def _refused(self, refusal: Refusal, client_order_id: int | None = None) -> SubmitResult:
         self.book.refusals[refusal.code] = self.book.refusals.get(refusal.code, 0) + 1

@@ -24,6 +24,7 @@ from coordinator.config.models import CoordinatorConfig
 from coordinator.errors import CoordinatorError, ShuttingDown, WrongState
 from coordinator.lifecycle import BotState
 from coordinator.safety.kill_switch import KillSwitch, Trigger
+from coordinator.safety.layer import SafetyLayer
 from coordinator.store.journal import SqliteJournal, iso
 from coordinator.store.sqlite import MAX_BATCH_JOBS, SqliteStore
 from coordinator.supervisor import BotRunner, Supervisor
@@ -43,10 +44,11 @@ class Coordinator:
         supervisor: Supervisor,
         public: PublicExchanges,
         clock: Callable[[], datetime],
-        kill_switch: KillSwitch,
+        safety: SafetyLayer,
     ) -> None:
         self.config = config
-        self.kill_switch = kill_switch
+        self.safety = safety
+        self.kill_switch = safety.kill_switch
         self.store = store
         self.journal = journal
         self.supervisor = supervisor
@@ -57,7 +59,7 @@ class Coordinator:
         self.accepting = True
         # Cancellations a kill switch started and did not finish before answering.
         self._background: set[asyncio.Task[Any]] = set()
-        kill_switch.halt = self.halt_all
+        self.kill_switch.halt = self.halt_all
 
     @classmethod
     async def open(
@@ -74,8 +76,9 @@ class Coordinator:
             journal = SqliteJournal(store)
             # The kill switch is read back before anything else: no bot may start while it is
             # active, whatever happened to the previous process.
-            kill_switch = KillSwitch(config.kill_switch, config.recovery, journal, clock)
-            await kill_switch.load()
+            safety = SafetyLayer(config, journal, clock)
+            await safety.load()
+            kill_switch = safety.kill_switch
             ids = ClientOrderIds(floor=await journal.max_client_order_id())
             runners: dict[str, BotRunner] = {}
             for bot in config.bots.bots:
@@ -84,8 +87,7 @@ class Coordinator:
                 )
                 persisted = dict(await journal.load_bot_row(bot.name) or {})
                 await _note_unclean_end(journal, bot.name, persisted, clock())
-                parts = await build_bot_parts(bot, config, journal, public, clock)
-                parts.gates.insert(0, kill_switch.gate)  # first: nothing outranks it
+                parts = await build_bot_parts(bot, journal, public, safety, clock)
                 runners[bot.name] = BotRunner(
                     parts,
                     journal,
@@ -102,7 +104,13 @@ class Coordinator:
             await store.close()
             raise
         supervisor = Supervisor(runners, config.recovery)
-        coordinator = cls(config, store, journal, supervisor, public, clock, kill_switch)
+        coordinator = cls(config, store, journal, supervisor, public, clock, safety)
+        safety.start_watch(
+            lambda: supervisor.runners.values(),
+            lambda reason, trigger: coordinator.activate_kill_switch(
+                reason, "safety-watch", trigger
+            ),
+        )
         # Everything built so far (ccxt's exchange classes alone are ~85 MiB of objects) lives
         # as long as the process: move it out of the collector's reach, or each full collection
         # walks it all and stalls the loop for 50-70 ms (docs/benchmarks.md).
@@ -190,7 +198,13 @@ class Coordinator:
             lambda: self.kill_switch.override(reason, actor),
             {"reason": reason},
         )
+        self._forget_failure_streaks()
         return result
+
+    def _forget_failure_streaks(self) -> None:
+        """After a lift the operator has looked: old failure streaks must not re-fire at once."""
+        for runner in self.supervisor.runners.values():
+            runner.parts.book.consecutive_failures = 0
 
     async def force_override_kill_switch(
         self, reason: str, actor: str, approved_by: str
@@ -202,6 +216,7 @@ class Coordinator:
             lambda: self.kill_switch.force_override(reason, actor, approved_by),
             {"reason": reason, "approved_by": approved_by},
         )
+        self._forget_failure_streaks()
         return result
 
     async def halt_all(self, reason: str) -> None:
@@ -267,7 +282,7 @@ class Coordinator:
             "kill_switch_active": self.kill_switch.active,
             "kill_switch": self.kill_switch.status(),
             "bots": [self.bot_status(r) for r in self.supervisor.runners.values()],
-            "circuit_breaker": {},
+            "circuit_breaker": self.safety.status(),
             "coordinator": {
                 "version": __version__,
                 "started_at": iso(self.started_at),
@@ -333,9 +348,11 @@ class Coordinator:
     ) -> None:
         """Stop taking actions, stop every bot (cancelling open orders), then close everything."""
         self.accepting = False
+        await self.safety.stop_watch()
         errors = await self.supervisor.stop_all(reason, grace_seconds)
         if self._background:
             await asyncio.wait(self._background, timeout=grace_seconds or 1.0)
+        await self.safety.flush()
         for runner in self.supervisor.runners.values():
             await _close_quietly(runner.name, runner.parts.feed.close())
             await _close_quietly(runner.name, runner.parts.adapter.close())

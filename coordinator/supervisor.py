@@ -44,8 +44,9 @@ class BotParts:
     feed: MarketFeed
     book: BotBook
     make_strategy: Callable[[], Strategy]
-    gates: list[OrderGate] = field(default_factory=list)  # always applied
-    safe_mode_gates: list[OrderGate] = field(default_factory=list)  # added in safe mode
+    gates: list[OrderGate] = field(default_factory=list)  # always: kill switch, breakers, mode
+    risk_gate: OrderGate | None = None  # the bot's risk limits
+    safe_mode_risk_gate: OrderGate | None = None  # the same, tightened: used in safe mode
     send_guard: SendGuard | None = None  # the circuit breakers
 
 
@@ -178,8 +179,9 @@ class BotRunner:
 
     def _make_gateway(self) -> OrderGateway:
         gates = list(self.parts.gates)
-        if self.safe_mode:
-            gates.extend(self.parts.safe_mode_gates)
+        risk = self.parts.safe_mode_risk_gate if self.safe_mode else self.parts.risk_gate
+        if risk is not None:
+            gates.append(risk)
         return OrderGateway(
             self.parts.identity,
             self.parts.adapter,

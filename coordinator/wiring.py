@@ -13,11 +13,11 @@ from bots.exchanges.paper import PaperExchange
 from bots.feeds.base import MarketFeed
 from bots.feeds.ccxt_public import CcxtPublicFeed, make_public_exchange
 from bots.feeds.simulated import SimulatedFeed
-from bots.gateway import BotIdentity, OrderGate, ReadOnlyGate
+from bots.gateway import BotIdentity, ReadOnlyGate
 from bots.strategies.base import Strategy
 from bots.strategies.registry import STRATEGIES
-from coordinator.config.models import BotConfig, BotMode, CoordinatorConfig, MarketDataSource
-from coordinator.safety.safe_mode import SafeModeGate
+from coordinator.config.models import BotConfig, BotMode, MarketDataSource
+from coordinator.safety.layer import SafetyLayer
 from coordinator.store.journal import SqliteJournal
 from coordinator.supervisor import BotParts
 
@@ -50,9 +50,9 @@ class PublicExchanges:
 
 async def build_bot_parts(
     bot: BotConfig,
-    config: CoordinatorConfig,
     journal: SqliteJournal,
     public: PublicExchanges,
+    safety: SafetyLayer,
     clock: Callable[[], datetime],
 ) -> BotParts:
     book = BotBook.from_snapshot(await journal.load_book(bot.name))
@@ -77,7 +77,9 @@ async def build_bot_parts(
     def make_strategy() -> Strategy:
         return spec.build(params, bot.symbol)
 
-    gates: list[OrderGate] = [ReadOnlyGate()] if bot.mode is BotMode.READ_ONLY else []
+    gates, risk_gate, safe_mode_risk_gate = safety.gates_for(bot, book)
+    if bot.mode is BotMode.READ_ONLY:
+        gates.append(ReadOnlyGate())
     return BotParts(
         config=bot,
         identity=BotIdentity(bot.name, bot.exchange, bot.symbol, bot.base_asset, bot.quote_asset),
@@ -86,7 +88,9 @@ async def build_bot_parts(
         book=book,
         make_strategy=make_strategy,
         gates=gates,
-        safe_mode_gates=[SafeModeGate(config.limits.limits_for(bot.name), config.limits.safe_mode)],
+        risk_gate=risk_gate,
+        safe_mode_risk_gate=safe_mode_risk_gate,
+        send_guard=safety.board,
     )
 
 

@@ -290,6 +290,12 @@ class CircuitBreakerSettings(_Frozen):
     monitoring_window: float = Field(gt=0, le=86400, description="seconds")
     recovery_timeout: float = Field(gt=0, le=86400, description="seconds")
     half_open_max_calls: int = Field(ge=1, le=100)
+    global_failure_threshold: int | None = Field(default=None, ge=1, le=10000)
+
+    def for_global(self) -> CircuitBreakerSettings:
+        """The global breaker's settings: the same, with the global threshold."""
+        threshold = self.global_failure_threshold or 2 * self.failure_threshold
+        return self.model_copy(update={"failure_threshold": threshold})
 
 
 class ShutdownSettings(_Frozen):

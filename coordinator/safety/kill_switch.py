@@ -108,6 +108,7 @@ class KillSwitch:
         self.halt: Halt | None = None
         self.trip_global_breaker: TripGlobalBreaker | None = None
         self.global_breaker_open: GlobalBreakerOpen | None = None
+        self.clear_global_breaker: Callable[[str, str], None] | None = None  # (by, reason)
         self._activations_in_window = 0
 
     @property
@@ -216,7 +217,10 @@ class KillSwitch:
     async def force_override(self, reason: str, actor: str, approved_by: str) -> dict[str, Any]:
         """Lift the switch whatever the cooldown and the activation-count breaker say."""
         self._require_active()
-        return await self._lift("force_override", reason, actor, approved_by)
+        result = await self._lift("force_override", reason, actor, approved_by)
+        if self.clear_global_breaker is not None:
+            self.clear_global_breaker(f"{actor} (approved by {approved_by})", reason)
+        return result
 
     async def _lift(
         self, kind: str, reason: str, actor: str, approved_by: str | None

@@ -534,14 +534,12 @@ async def _safe_mode_refuses(coordinator: Coordinator) -> None:
     book = runner.parts.book
 
     await eventually(
-        lambda: book.refusals.get("safe_mode_max_order_notional", 0) >= 2,
+        lambda: book.refusals.get("max_order_notional", 0) >= 2,
         what="two safe-mode refusals",
     )
 
     assert runner.safe_mode is True
-    assert book.refusals == {
-        "safe_mode_max_order_notional": book.refusals["safe_mode_max_order_notional"]
-    }
+    assert book.refusals == {"max_order_notional": book.refusals["max_order_notional"]}
     assert book.orders_count == 0
     assert book.fills_count == 0
     assert await order_statuses(coordinator, "ndax") == {}
@@ -549,5 +547,6 @@ async def _safe_mode_refuses(coordinator: Coordinator) -> None:
     status = coordinator.bot_status(runner)
     assert status["safe_mode"] is True
     assert status["orders"] == 0
-    assert status["last_refusal"].startswith("safe_mode_max_order_notional: order notional")
+    assert status["last_refusal"].startswith("max_order_notional:")
+    assert "safe-mode figure" in status["last_refusal"]
     assert (await bot_row(coordinator, "ndax"))["safe_mode"] == 1
