@@ -18,9 +18,11 @@ from typing import IO
 
 from coordinator import __version__
 from coordinator.api.auth import TokenError, load_or_create_admin_token, load_or_create_token
+from coordinator.breaker_cli import add_breaker_commands, reset_breaker
 from coordinator.config import ConfigError, embedded_config_dir, load_config
 from coordinator.config.models import CoordinatorConfig
 from coordinator.logging_setup import configure_logging
+from coordinator.runtime import DATABASE_FILE
 from coordinator.server import ServerOptions, StartupError, serve
 from coordinator.store.sqlite import StoreError
 
@@ -54,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-uvloop", action="store_true", help="use the standard asyncio loop instead of uvloop"
     )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_breaker_commands(commands)
     return parser
 
 
@@ -94,9 +98,25 @@ def _main(args: argparse.Namespace) -> int:
         _say(f"bot-coordinator: cannot write logs to {args.log_dir}: {exc}")
         return EXIT_BAD_CONFIG
     try:
+        if args.command == "breaker":
+            return _breaker(args, config)
         return _run(args, config_dir, config)
     finally:
         listener.stop()
+
+
+def _breaker(args: argparse.Namespace, config: CoordinatorConfig) -> int:
+    if not (args.data_dir / DATABASE_FILE).exists():
+        _say(f"no journal at {args.data_dir / DATABASE_FILE}: pass the coordinator's --data-dir")
+        return EXIT_START_FAILED
+    try:
+        lock = _lock_data_dir(args.data_dir)
+    except StartupError:
+        return reset_breaker(args, config, running=True)
+    try:
+        return reset_breaker(args, config, running=False)
+    finally:
+        lock.close()
 
 
 def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) -> int:

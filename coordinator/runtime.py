@@ -219,6 +219,22 @@ class Coordinator:
         self._forget_failure_streaks()
         return result
 
+    async def reset_breaker(
+        self, name: str, actor: str, approved_by: str, reason: str
+    ) -> dict[str, Any]:
+        async def reset() -> dict[str, Any]:
+            return self.safety.reset_breaker(name, f"{actor} (approved by {approved_by})", reason)
+
+        result: dict[str, Any] = await self._audited(
+            actor,
+            "breaker.reset",
+            name,
+            reset,
+            {"approved_by": approved_by, "reason": reason},
+        )
+        await self.safety.flush()  # the reset is on disk before the answer
+        return result
+
     async def halt_all(self, reason: str) -> None:
         """Halt every bot at once: ticks cancelled, then every open order cancelled. Waits up to
         HALT_WAIT_SECONDS; cancellations still running then go on in the background."""

@@ -12,6 +12,7 @@ from coordinator.api.auth import ControlToken
 from coordinator.api.errors import Handler, error_response, json_errors
 from coordinator.api.requests import (
     MAX_BODY_BYTES,
+    BreakerResetRequest,
     EmptyRequest,
     KillSwitchRequest,
     PaperDrillRequest,
@@ -49,6 +50,8 @@ def make_app(
     app.router.add_post("/stop", post_stop)
     app.router.add_post("/start-sequential", post_start_sequential)
     app.router.add_post("/paper/drill", post_paper_drill)
+    app.router.add_get("/breakers", get_breakers)
+    app.router.add_post("/breakers/reset", post_breaker_reset)
     app.router.add_get("/kill-switch", get_kill_switch)
     app.router.add_post("/kill-switch", post_kill_switch)
     return app
@@ -173,4 +176,17 @@ async def post_kill_switch(request: web.Request) -> web.Response:
         where = admin.where() if admin is not None else "the admin token"
         raise Forbidden(f"force_override needs the admin token ({where}), not the operator token")
     result = await coordinator.force_override_kill_switch(body.reason, who, body.approved_by)
+    return web.json_response(result)
+
+
+async def get_breakers(request: web.Request) -> web.Response:
+    return web.json_response(request.app[COORDINATOR].safety.status())
+
+
+async def post_breaker_reset(request: web.Request) -> web.Response:
+    body = await parse_body(request, BreakerResetRequest)
+    who = _credential(request) or OPERATOR  # the middleware has checked the token
+    result = await request.app[COORDINATOR].reset_breaker(
+        body.name, who, body.approved_by, body.reason
+    )
     return web.json_response(result)

@@ -40,6 +40,12 @@ class KillSwitchRequest(_Body):
     approved_by: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"\S")
 
 
+class BreakerResetRequest(_Body):
+    name: str = Field(min_length=1, max_length=64)
+    approved_by: str = Field(min_length=1, max_length=100, pattern=r"\S")
+    reason: str = Field(default="reset by operator", min_length=1, max_length=500)
+
+
 class PaperDrillRequest(_Body):
     """Tell a paper bot's exchange to misbehave, for drills: reject or fail the next orders, or
     fill only part of each order from now on."""

@@ -270,7 +270,7 @@ class CircuitBreaker:
             self._calls.clear()
             self._opened_at = self._open_since = self._reason = None
             self._latched = False
-        level = logging.WARNING if target is B.OPEN else logging.INFO
+        level = logging.ERROR if target is B.OPEN else logging.WARNING
         log.log(level, "circuit breaker %r is now %s: %s", self.name, target.value, why)
         self._notify(why)
 

@@ -152,10 +152,7 @@ class SafetyLayer:
         return f"{snapshot['state']} since {snapshot['open_since']}: {snapshot['reason']}"
 
     def _breaker_changed(self, breaker: CircuitBreaker, why: str) -> None:
-        snapshot = breaker.snapshot()
-        level = logging.WARNING if snapshot["state"] == BreakerState.CLOSED else logging.ERROR
-        log.log(level, "circuit breaker %s is now %s: %s", breaker.name, snapshot["state"], why)
-        self._persist(BREAKER_PREFIX + breaker.name, snapshot)
+        self._persist(BREAKER_PREFIX + breaker.name, breaker.snapshot())  # the breaker logs it
 
     def _persist(self, key: str, value: dict[str, Any]) -> None:
         """Write in the safety lane, in call order (the lane is FIFO), without making a
