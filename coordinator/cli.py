@@ -21,7 +21,7 @@ from coordinator.api.auth import TokenError, load_or_create_admin_token, load_or
 from coordinator.breaker_cli import add_breaker_commands, reset_breaker
 from coordinator.config import ConfigError, embedded_config_dir, load_config
 from coordinator.config.models import CoordinatorConfig
-from coordinator.logging_setup import configure_logging
+from coordinator.logging_setup import configure_logging, stop_logging
 from coordinator.runtime import DATABASE_FILE
 from coordinator.server import ServerOptions, StartupError, serve
 from coordinator.store.sqlite import StoreError
@@ -102,7 +102,7 @@ def _main(args: argparse.Namespace) -> int:
             return _breaker(args, config)
         return _run(args, config_dir, config)
     finally:
-        listener.stop()
+        stop_logging(listener)
 
 
 def _breaker(args: argparse.Namespace, config: CoordinatorConfig) -> int:

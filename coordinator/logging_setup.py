@@ -77,3 +77,10 @@ def configure_logging(log_dir: Path, level: str = "INFO") -> logging.handlers.Qu
     root.setLevel(level)
     listener.start()
     return listener
+
+
+def stop_logging(listener: logging.handlers.QueueListener) -> None:
+    """Write out what is queued, then close the file and stream handlers."""
+    listener.stop()
+    for handler in listener.handlers:
+        handler.close()

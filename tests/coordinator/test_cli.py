@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from coordinator.cli import EXIT_BAD_CONFIG, EXIT_START_FAILED, main
+from coordinator.config import load_config
+from coordinator.runtime import Coordinator
 from tests.support_config import write_fast_config
 from tests.support_process import CoordinatorProcess, child_env
 
@@ -121,3 +126,73 @@ def test_a_second_coordinator_on_the_same_data_dir_exits_1_naming_the_first(
         assert first.interrupt(within=5) == 0
     finally:
         first.kill()
+
+
+def _open_kraken_breaker(config_dir: Path, data_dir: Path) -> None:
+    """A journal whose kraken breaker is open, as a coordinator that stopped would leave it."""
+
+    config = load_config(config_dir)  # file reads: outside the loop
+
+    async def prepare() -> None:
+        coordinator = await Coordinator.open(config, data_dir)
+        threshold = coordinator.config.recovery.circuit_breaker.failure_threshold
+        for _ in range(threshold):
+            coordinator.safety.board.after_send("kraken", "transient")
+        await coordinator.close(grace_seconds=0.1)
+
+    asyncio.run(prepare())
+
+
+def test_breaker_reset_with_no_coordinator_running_resets_the_stored_state_audited(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_dir = write_fast_config(tmp_path / "config")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    _open_kraken_breaker(config_dir, data_dir)
+    common = [
+        "--config-dir",
+        str(config_dir),
+        "--data-dir",
+        str(data_dir),
+        "--log-dir",
+        str(tmp_path / "logs"),
+    ]
+
+    code = main([*common, "breaker", "reset", "kraken", "--approved-by", "ops lead"])
+
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["state"] == "closed"
+    with closing(sqlite3.connect(data_dir / "coordinator.db")) as db:
+        stored = json.loads(
+            db.execute("SELECT value FROM safety_state WHERE key = 'breaker:kraken'").fetchone()[0]
+        )
+        audit = db.execute(
+            "SELECT actor, action, subject, result, details FROM audit_events"
+            " ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    assert stored["state"] == "closed"
+    assert audit[:4] == ("cli", "breaker.reset", "kraken", "ok")
+    assert json.loads(audit[4])["approved_by"] == "ops lead"
+
+
+def test_breaker_reset_of_an_unknown_breaker_fails_naming_the_known_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_dir = write_fast_config(tmp_path / "config")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    _open_kraken_breaker(config_dir, data_dir)
+    common = [
+        "--config-dir",
+        str(config_dir),
+        "--data-dir",
+        str(data_dir),
+        "--log-dir",
+        str(tmp_path / "logs"),
+    ]
+
+    code = main([*common, "breaker", "reset", "binance", "--approved-by", "ops"])
+
+    assert code == 1
+    assert "no circuit breaker named 'binance'" in capsys.readouterr().err
