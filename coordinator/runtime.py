@@ -287,6 +287,7 @@ class Coordinator:
                 subject=subject,
                 result=result,
                 at=self.clock(),
+                reason=details.get("reason"),
                 details=details,
             )
         return outcome

@@ -239,6 +239,15 @@ class BotRunner:
                     self.name,
                     self.consecutive_crashes,
                 )
+                await self.journal.audit(
+                    actor="supervisor",
+                    action="bot.crash_loop",
+                    subject=self.name,
+                    result="left crashed",
+                    reason=self.last_error,
+                    at=self._clock(),
+                    details={"consecutive_crashes": self.consecutive_crashes},
+                )
                 return
             delay = min(
                 restart.initial_backoff_seconds

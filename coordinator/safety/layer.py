@@ -152,12 +152,42 @@ class SafetyLayer:
         return f"{snapshot['state']} since {snapshot['open_since']}: {snapshot['reason']}"
 
     def _breaker_changed(self, breaker: CircuitBreaker, why: str) -> None:
-        self._persist(BREAKER_PREFIX + breaker.name, breaker.snapshot())  # the breaker logs it
+        snapshot = breaker.snapshot()
+        self._persist(BREAKER_PREFIX + breaker.name, snapshot)  # the breaker logs it
+        # Opening stops trading on an exchange (or all of them): a safety decision, audited.
+        self._audit(
+            "circuit-breaker",
+            f"breaker.{snapshot['state']}",
+            breaker.name,
+            why,
+            {
+                "failures_in_window": snapshot["failures_in_window"],
+                "latched": snapshot["latched"],
+                "next_probe_at": snapshot["next_probe_at"],
+            },
+        )
 
     def _persist(self, key: str, value: dict[str, Any]) -> None:
         """Write in the safety lane, in call order (the lane is FIFO), without making a
         breaker's caller (a send on the order path) wait for the disk."""
         task = asyncio.ensure_future(self.journal.save_safety_state(key, value, self.clock()))
+        self._writes.add(task)
+        task.add_done_callback(self._write_done)
+
+    def _audit(
+        self, actor: str, action: str, subject: str, reason: str, details: dict[str, Any]
+    ) -> None:
+        task = asyncio.ensure_future(
+            self.journal.audit(
+                actor=actor,
+                action=action,
+                subject=subject,
+                result="ok",
+                reason=reason,
+                at=self.clock(),
+                details=details,
+            )
+        )
         self._writes.add(task)
         task.add_done_callback(self._write_done)
 

@@ -86,7 +86,7 @@ class TriggerWatch:
                 Trigger.CRASH_LOOP,
                 f"crash_loop:{runner.name}",
                 f"{runner.name} is in a crash loop ({runner.consecutive_crashes} crashes in a "
-                f"row: {runner.last_error})",
+                f"row, limit {self.restart.max_consecutive_crashes}: {runner.last_error})",
             )
         drawdown = self._drawdown_pct(runner)
         if drawdown is not None and drawdown > self.triggers.max_drawdown_pct:

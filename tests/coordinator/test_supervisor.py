@@ -206,6 +206,12 @@ async def test_a_crashing_bot_is_restarted_with_backoff_then_left_crashed_in_a_c
     status = coordinator.bot_status(runner)
     assert status["restarts"] == MAX_CRASHES - 1
     assert status["error"] == "RuntimeError: strategy bug"
+    crash_loops = [
+        e for e in await coordinator.journal.recent_audit(20) if e["action"] == "bot.crash_loop"
+    ]
+    assert [(e["subject"], e["actor"], e["reason"]) for e in crash_loops] == [
+        ("ndax", "supervisor", "RuntimeError: strategy bug")
+    ]
 
 
 async def test_restart_count_survives_a_new_coordinator_on_the_same_store(

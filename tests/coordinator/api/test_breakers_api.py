@@ -62,9 +62,14 @@ async def test_a_reset_closes_the_breaker_and_is_audited_with_the_approver(
 
     assert response.status == 200, await response.text()
     assert (await response.json())["state"] == "closed"
-    event = (await coordinator.journal.recent_audit(1))[0]
-    assert (event["action"], event["subject"], event["result"]) == ("breaker.reset", "kraken", "ok")
-    assert event["details"]["approved_by"] == "ops lead"
+    events = {e["action"]: e for e in await coordinator.journal.recent_audit(5)}
+    reset = events["breaker.reset"]
+    assert (reset["subject"], reset["result"], reset["actor"]) == ("kraken", "ok", "operator-token")
+    assert reset["details"]["approved_by"] == "ops lead"
+    assert reset["reason"] == "exchange is back"
+    # The breaker's own moves are safety decisions and are audited too.
+    assert events["breaker.open"]["actor"] == "circuit-breaker"
+    assert events["breaker.closed"]["subject"] == "kraken"
     stored = await coordinator.journal.load_safety_state()
     assert stored["breaker:kraken"]["state"] == "closed"  # on disk before the answer
 
