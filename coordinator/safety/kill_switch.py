@@ -144,42 +144,51 @@ class KillSwitch:
     async def activate(self, reason: str, actor: str, trigger: Trigger) -> dict[str, Any]:
         now = self.clock()
         already = self.state.active
-        if not already:
-            # The gate closes here, before the first await: from now on nothing is sent.
-            self.state = KillSwitchState(
-                active=True,
-                reason=reason,
-                by=actor,
-                at=now,
-                trigger=trigger.value,
-                cooldown_until=now + self.cooldown,
-                last_lifted=self.state.last_lifted,
-            )
-            log.critical("KILL SWITCH ACTIVATED by %s (%s): %s", actor, trigger.value, reason)
-            await self.journal.save_safety_state(
-                STATE_KEY,
-                self.state.to_json(),
-                now,
-                also=[
-                    (
-                        "INSERT INTO kill_switch_activations (at, trigger, reason, actor)"
-                        " VALUES (?, ?, ?, ?)",
-                        (iso(now), trigger.value, reason, actor),
-                    )
-                ],
-            )
-            self._activations_in_window = await self._count_recent_activations()
-            self._check_activation_limit()
-        else:
-            log.warning(
-                "kill switch activation by %s while already active (%s): %s",
-                actor,
-                self.state.reason,
-                reason,
-            )
-        if self.halt is not None:
-            await self.halt(f"kill switch: {reason}")
+        try:
+            if not already:
+                # The gate closes here, before the first await: from now on nothing is sent.
+                self.state = KillSwitchState(
+                    active=True,
+                    reason=reason,
+                    by=actor,
+                    at=now,
+                    trigger=trigger.value,
+                    cooldown_until=now + self.cooldown,
+                    last_lifted=self.state.last_lifted,
+                )
+                log.critical("KILL SWITCH ACTIVATED by %s (%s): %s", actor, trigger.value, reason)
+                await self._record_activation(reason, actor, trigger, now)
+            else:
+                log.warning(
+                    "kill switch activation by %s while already active (%s): %s",
+                    actor,
+                    self.state.reason,
+                    reason,
+                )
+        finally:
+            # Whatever the store did, the bots are halted: the switch wins even a failed write
+            # (which then propagates, so the caller hears that the state may not survive).
+            if self.halt is not None:
+                await self.halt(f"kill switch: {reason}")
         return {"already_active": already, **self.status()}
+
+    async def _record_activation(
+        self, reason: str, actor: str, trigger: Trigger, now: datetime
+    ) -> None:
+        await self.journal.save_safety_state(
+            STATE_KEY,
+            self.state.to_json(),
+            now,
+            also=[
+                (
+                    "INSERT INTO kill_switch_activations (at, trigger, reason, actor)"
+                    " VALUES (?, ?, ?, ?)",
+                    (iso(now), trigger.value, reason, actor),
+                )
+            ],
+        )
+        self._activations_in_window = await self._count_recent_activations()
+        self._check_activation_limit()
 
     def _check_activation_limit(self) -> None:
         limit = self.config.activation_limit

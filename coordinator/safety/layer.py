@@ -130,8 +130,8 @@ class SafetyLayer:
             ) from exc
         if breaker.latched and name == GLOBAL and self.kill_switch.active:
             raise Conflict(
-                "the global breaker is latched by the kill switch's activation count: only "
-                "force_override of the kill switch (admin token) clears it"
+                f"the global breaker is latched ({breaker.snapshot()['reason']}) while the kill "
+                f"switch is active: force_override of the kill switch (admin token) clears both"
             )
         breaker.reset(by, reason)
         return breaker.snapshot()

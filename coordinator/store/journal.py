@@ -252,8 +252,20 @@ class SqliteJournal:
         )
 
     async def load_safety_state(self) -> dict[str, dict[str, Any]]:
+        """Every stored safety state. A row that is not a JSON object comes back as
+        `{"unreadable": why}`, which each component treats as unsafe (the kill switch as
+        active, a breaker as tripped) instead of refusing to start."""
         rows = await self.store.fetch_all("SELECT key, value FROM safety_state")
-        return {row["key"]: json.loads(row["value"]) for row in rows}
+        states: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            try:
+                value = json.loads(row["value"])
+            except ValueError as exc:
+                value = {"unreadable": f"not JSON: {exc}"}
+            if not isinstance(value, dict):
+                value = {"unreadable": f"not a JSON object: {type(value).__name__}"}
+            states[row["key"]] = value
+        return states
 
     async def kill_switch_activations_since(self, since: datetime) -> int:
         row = await self.store.fetch_one(

@@ -204,3 +204,19 @@ async def test_the_state_on_disk_is_the_state_in_memory_after_each_action(rig: R
     row = await rig.store.fetch_one("SELECT value FROM safety_state WHERE key = ?", (STATE_KEY,))
     assert row is not None
     assert json.loads(row[0])["active"] is False
+
+
+async def test_activation_halts_every_bot_even_when_the_state_cannot_be_written(rig: Rig) -> None:
+    halted: list[str] = []
+
+    async def halt(reason: str) -> None:
+        halted.append(reason)
+
+    rig.switch.halt = halt
+    await rig.store.close()  # the disk is gone
+
+    with pytest.raises(StoreError):
+        await rig.switch.activate("disk trouble", "ops", Trigger.MANUAL)
+
+    assert rig.switch.active is True  # the gate is closed all the same
+    assert halted == ["kill switch: disk trouble"]
