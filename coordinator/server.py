@@ -128,13 +128,6 @@ def _announce(
     log.info("control token: %s  (%s)", token.where(), hint)
     if admin_token is not None:
         log.info("admin token (force_override, breaker resets): %s", admin_token.where())
-    if coordinator.kill_switch.active:
-        state = coordinator.kill_switch.state
-        log.warning(
-            "the kill switch is ACTIVE since %s (%s): bots cannot start until it is overridden",
-            state.at,
-            state.reason,
-        )
     log.info("ready: curl http://%s:%d/status", options.host, options.port)
     if options.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
