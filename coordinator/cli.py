@@ -12,15 +12,17 @@ import fcntl
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
 from coordinator import __version__
 from coordinator.api.auth import TokenError, load_or_create_admin_token, load_or_create_token
+from coordinator.bot_test import print_summary, run_bot_test, with_mode
 from coordinator.breaker_cli import add_breaker_commands, reset_breaker
 from coordinator.config import ConfigError, embedded_config_dir, load_config
-from coordinator.config.models import CoordinatorConfig
+from coordinator.config.models import BotMode, CoordinatorConfig
 from coordinator.logging_setup import configure_logging, stop_logging
 from coordinator.runtime import DATABASE_FILE
 from coordinator.server import ServerOptions, StartupError, serve
@@ -56,9 +58,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-uvloop", action="store_true", help="use the standard asyncio loop instead of uvloop"
     )
+    parser.add_argument(
+        "--read-only",
+        action="store_true",
+        help="every bot read-only: market data is read, every order is refused and counted",
+    )
+    parser.add_argument("--bot", metavar="NAME", help="with --test: the bot to run alone")
+    parser.add_argument(
+        "--test",
+        action="store_true",
+        help="run --bot NAME alone in paper mode (or --read-only) on a throw-away journal",
+    )
+    parser.add_argument(
+        "--ticks", type=_ticks, default=10, help="with --test: how many ticks to run (10)"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_breaker_commands(commands)
     return parser
+
+
+def _ticks(text: str) -> int:
+    try:
+        ticks = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= ticks <= 100_000:
+        raise argparse.ArgumentTypeError(f"{ticks} is outside 1-100000")
+    return ticks
 
 
 def _port(text: str) -> int:
@@ -72,7 +98,12 @@ def _port(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.test and not args.bot:
+        parser.error("--test needs --bot NAME")
+    if args.bot and not args.test:
+        parser.error("--bot needs --test (to start one bot in a running coordinator: POST /start)")
     # The journal, token and logs hold positions, balances and credentials' whereabouts: files
     # this process creates are readable by its user only.
     previous_umask = os.umask(0o077)
@@ -100,9 +131,30 @@ def _main(args: argparse.Namespace) -> int:
     try:
         if args.command == "breaker":
             return _breaker(args, config)
+        if args.test:
+            return _bot_test(args, config)
+        if args.read_only:
+            log.warning("--read-only: every bot is read-only; orders are refused and counted")
+            config = with_mode(config, BotMode.READ_ONLY)
         return _run(args, config_dir, config)
     finally:
         stop_logging(listener)
+
+
+def _bot_test(args: argparse.Namespace, config: CoordinatorConfig) -> int:
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix=f"bot-test-{args.bot}-") as scratch,
+            asyncio.Runner(loop_factory=_loop_factory(args.no_uvloop)) as runner,
+        ):
+            summary = runner.run(
+                run_bot_test(config, args.bot, args.ticks, args.read_only, Path(scratch))
+            )
+    except LookupError as exc:
+        _say(f"bot-coordinator: --bot: {exc}")
+        return EXIT_BAD_CONFIG
+    print_summary(summary)
+    return EXIT_OK if summary["error"] is None else EXIT_START_FAILED
 
 
 def _breaker(args: argparse.Namespace, config: CoordinatorConfig) -> int:

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from coordinator.bot_test import with_mode
 from coordinator.cli import EXIT_BAD_CONFIG, EXIT_START_FAILED, main
 from coordinator.config import load_config
+from coordinator.config.models import BotMode
 from coordinator.runtime import Coordinator
 from tests.support_config import write_fast_config
 from tests.support_process import CoordinatorProcess, child_env
@@ -196,3 +198,69 @@ def test_breaker_reset_of_an_unknown_breaker_fails_naming_the_known_ones(
 
     assert code == 1
     assert "no circuit breaker named 'binance'" in capsys.readouterr().err
+
+
+def _common(tmp_path: Path) -> list[str]:
+    config_dir = write_fast_config(tmp_path / "config")
+    return [
+        "--config-dir",
+        str(config_dir),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--log-dir",
+        str(tmp_path / "logs"),
+    ]
+
+
+def test_bot_test_runs_one_bot_for_n_ticks_on_a_throw_away_journal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main([*_common(tmp_path), "--bot", "ndax", "--test", "--ticks", "4"])
+
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["bot"] == "ndax"
+    assert summary["mode"] == "paper"
+    assert summary["ticks"] >= 4
+    assert summary["fills"] >= 1  # the fast DCA buys every 200 ms
+    assert not (tmp_path / "data" / "coordinator.db").exists()  # the real journal is untouched
+
+
+def test_bot_test_read_only_sends_nothing_and_counts_the_refusals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main([*_common(tmp_path), "--bot", "ndax", "--test", "--ticks", "4", "--read-only"])
+
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["mode"] == "read-only"
+    assert summary["orders"] == 0
+    assert summary["fills"] == 0
+    assert summary["refusals"]["read_only"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bot", "binance", "--test"], "no bot named 'binance'; configured bots: ndax, kraken"),
+        (["--test"], "--test needs --bot NAME"),
+        (["--bot", "ndax"], "--bot needs --test"),
+        (["--bot", "ndax", "--test", "--ticks", "0"], "0 is outside 1-100000"),
+    ],
+)
+def test_bot_test_arguments_are_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    try:
+        code = main([*_common(tmp_path), *argv])
+    except SystemExit as exit_:  # argparse's own errors
+        code = int(exit_.code or 0)
+    assert code == EXIT_BAD_CONFIG
+    assert message in capsys.readouterr().err
+
+
+def test_read_only_puts_every_bot_in_read_only_mode(tmp_path: Path) -> None:
+    config = load_config(write_fast_config(tmp_path / "config"))
+    forced = with_mode(config, BotMode.READ_ONLY)
+    assert {bot.mode for bot in forced.bots.bots} == {BotMode.READ_ONLY}
+    assert {bot.mode for bot in config.bots.bots} == {BotMode.PAPER}  # frozen: a copy
