@@ -1,0 +1,91 @@
+"""Trading accounts: one ccxt instance per (exchange, API key), shared by the bots on it.
+
+The nonce is per key, so bots that share a key must share an instance. Credentials are read
+from the environment variables bots.json names; their values are never logged, printed or
+returned, and a missing one is reported by the variable's name only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator.config.models import BotConfig, CredentialsConfig
+
+log = logging.getLogger(__name__)
+
+# ccxt's credential fields and the bots.json key naming the variable that holds each.
+_FIELDS = {
+    "apiKey": "api_key_env",
+    "secret": "secret_env",
+    "uid": "uid_env",
+    "password": "password_env",
+}
+
+
+class MissingCredentials(Exception):
+    """A bot that trades for real names environment variables that are not set."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountKey:
+    exchange: str
+    api_key_env: str  # the variable's name identifies the account, never its value
+
+
+def read_credentials(bot: BotConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ccxt credential fields for `bot`, from the environment."""
+    env = os.environ if environ is None else environ
+    names = _named_variables(bot.credentials)
+    if "apiKey" not in names or "secret" not in names:
+        raise MissingCredentials(
+            f"bot {bot.name!r} ({bot.mode.value}) needs credentials: set "
+            f"credentials.api_key_env and credentials.secret_env in bots.json"
+        )
+    missing = [variable for variable in names.values() if not env.get(variable)]
+    if missing:
+        raise MissingCredentials(
+            f"bot {bot.name!r} ({bot.mode.value}): environment variable(s) "
+            f"{', '.join(sorted(missing))} not set"
+        )
+    return {field: env[variable] for field, variable in names.items()}
+
+
+def _named_variables(credentials: CredentialsConfig) -> dict[str, str]:
+    named = {field: getattr(credentials, key) for field, key in _FIELDS.items()}
+    return {field: variable for field, variable in named.items() if variable}
+
+
+MakeClient = Callable[[str, Mapping[str, str], ssl.SSLContext | None], Any]
+
+
+class Accounts:
+    """Builds and shares the private ccxt clients; closes them all at shutdown."""
+
+    def __init__(self, make_client: MakeClient, environ: Mapping[str, str] | None = None):
+        self._make_client = make_client
+        self._environ = environ
+        self._clients: dict[AccountKey, Any] = {}
+        self._ssl_context: ssl.SSLContext | None = None
+
+    def client_for(self, bot: BotConfig) -> Any:
+        credentials = read_credentials(bot, self._environ)
+        key = AccountKey(bot.exchange, bot.credentials.api_key_env or "")
+        if key not in self._clients:
+            if self._ssl_context is None:
+                self._ssl_context = ssl.create_default_context()
+            self._clients[key] = self._make_client(bot.exchange, credentials, self._ssl_context)
+            log.info("%s: trading account opened (key from $%s)", bot.exchange, key.api_key_env)
+        return self._clients[key]
+
+    async def close(self) -> None:
+        for key, client in self._clients.items():
+            try:
+                await client.close()
+            except Exception as exc:  # best effort at shutdown; say so
+                log.warning("closing the %s account failed: %r", key.exchange, exc)
+        self._clients.clear()
