@@ -302,6 +302,28 @@ class ShutdownSettings(_Frozen):
     grace_seconds: float = Field(gt=0, le=4.5)
 
 
+class RetrySettings(_Frozen):
+    """Retries of a transient exchange error (`bots.retry.RetryPolicy.from_settings`)."""
+
+    max_retries: int = Field(ge=0, le=20)
+    initial_delay_seconds: float = Field(gt=0, le=600)
+    max_delay_seconds: float = Field(gt=0, le=600)
+    jitter: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _delay_range(self) -> RetrySettings:
+        if self.max_delay_seconds < self.initial_delay_seconds:
+            raise ValueError("max_delay_seconds must be at least initial_delay_seconds")
+        return self
+
+
+class PartialFillSettings(_Frozen):
+    """When a partly filled order counts as done, and how long one may stay partly filled."""
+
+    acceptable_fill_ratio: Decimal = Field(gt=0, le=1)
+    partial_fill_timeout_minutes: float = Field(gt=0, le=1440)
+
+
 class RecoverySettings(_Frozen):
     version: int = Field(ge=1, le=1)
     restart: RestartPolicy
@@ -309,6 +331,8 @@ class RecoverySettings(_Frozen):
     recovery: RecoveryPolicy
     circuit_breaker: CircuitBreakerSettings
     shutdown: ShutdownSettings
+    retry: RetrySettings
+    partial_fills: PartialFillSettings
 
 
 # --- api-endpoints.json --------------------------------------------------------------------------

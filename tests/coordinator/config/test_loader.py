@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError as PydanticValidationError
 
 from bots.strategies.params import DcaParams, GridParams
 from coordinator.config import (
@@ -22,6 +23,7 @@ from coordinator.config import (
     load_config,
     schema_dir,
 )
+from coordinator.config.models import PartialFillSettings, RecoverySettings, RetrySettings
 from tests.coordinator.config.conftest import REPO_CONFIG_DIR
 from tests.coordinator.config.support import Edit, issues_of, lines_of
 
@@ -54,6 +56,12 @@ def test_shipped_default_loads_with_the_documented_values() -> None:
     assert config.limits.global_.max_orders_per_minute == 600
     assert config.kill_switch.triggers.bot_crash_loop is True
     assert config.recovery.shutdown.grace_seconds == 4
+    assert config.recovery.retry == RetrySettings(
+        max_retries=3, initial_delay_seconds=0.5, max_delay_seconds=10, jitter=0.2
+    )
+    assert config.recovery.partial_fills == PartialFillSettings(
+        acceptable_fill_ratio=Decimal("0.95"), partial_fill_timeout_minutes=30
+    )
     assert config.endpoints.exchanges["ndax"].primary == "https://api.ndax.io:8443"
     assert config.source_dir == REPO_CONFIG_DIR
 
@@ -338,3 +346,101 @@ def test_backoff_bounds_are_checked_together(config_dir: Path, edit: Edit) -> No
         "recovery-settings.json: $.restart: "
         "max_backoff_seconds must be at least initial_backoff_seconds"
     ]
+
+
+# --- recovery-settings.json: retry and partial fills ---------------------------------------------
+
+R = "recovery-settings.json"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "reason"),
+    [
+        ("retry", "max_retries", -1, "-1 is less than the minimum of 0"),
+        ("retry", "max_retries", 21, "21 is greater than the maximum of 20"),
+        ("retry", "max_retries", 1.5, "expected integer, got number 1.5"),
+        ("retry", "initial_delay_seconds", 0, "0 must be greater than 0"),
+        ("retry", "initial_delay_seconds", 601, "601 is greater than the maximum of 600"),
+        ("retry", "max_delay_seconds", 0, "0 must be greater than 0"),
+        ("retry", "max_delay_seconds", 601, "601 is greater than the maximum of 600"),
+        ("retry", "jitter", -0.1, "-0.1 is less than the minimum of 0"),
+        ("retry", "jitter", 1.5, "1.5 is greater than the maximum of 1"),
+        ("retry", "jitter", "20%", "expected number, got string '20%'"),
+        ("partial_fills", "acceptable_fill_ratio", 0, "0 must be greater than 0"),
+        ("partial_fills", "acceptable_fill_ratio", 1.01, "1.01 is greater than the maximum of 1"),
+        ("partial_fills", "partial_fill_timeout_minutes", 0, "0 must be greater than 0"),
+        (
+            "partial_fills",
+            "partial_fill_timeout_minutes",
+            1441,
+            "1441 is greater than the maximum of 1440",
+        ),
+    ],
+)
+def test_a_bad_retry_or_partial_fill_value_is_reported_at_its_key(
+    config_dir: Path, edit: Edit, section: str, key: str, value: Any, reason: str
+) -> None:
+    edit(R, lambda doc: doc[section].update({key: value}))
+    assert issues_of(config_dir) == [ConfigIssue(R, f"$.{section}.{key}", reason)]
+
+    # A configuration built in code is held to the same bound by the model.
+    document = json.loads((config_dir / R).read_text(encoding="utf-8"))
+    with pytest.raises(PydanticValidationError):
+        RecoverySettings.model_validate(document)
+
+
+def test_retry_delays_are_checked_together(config_dir: Path, edit: Edit) -> None:
+    edit(R, lambda doc: doc["retry"].update(initial_delay_seconds=5, max_delay_seconds=2))
+    assert issues_of(config_dir) == [
+        ConfigIssue(R, "$.retry", "max_delay_seconds must be at least initial_delay_seconds")
+    ]
+
+
+@pytest.mark.parametrize("section", ["retry", "partial_fills"])
+def test_retry_and_partial_fill_sections_are_required(
+    config_dir: Path, edit: Edit, section: str
+) -> None:
+    edit(R, lambda doc: {k: v for k, v in doc.items() if k != section})
+    assert issues_of(config_dir) == [
+        ConfigIssue(R, f"$.{section}", f"missing required key {section!r}")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("retry", "max_retries"),
+        ("retry", "initial_delay_seconds"),
+        ("retry", "max_delay_seconds"),
+        ("retry", "jitter"),
+        ("partial_fills", "acceptable_fill_ratio"),
+        ("partial_fills", "partial_fill_timeout_minutes"),
+    ],
+)
+def test_every_retry_and_partial_fill_key_is_required(
+    config_dir: Path, edit: Edit, section: str, key: str
+) -> None:
+    def strip(doc: Any) -> None:
+        del doc[section][key]
+
+    edit(R, strip)
+    assert issues_of(config_dir) == [
+        ConfigIssue(R, f"$.{section}.{key}", f"missing required key {key!r}")
+    ]
+
+
+def test_an_unknown_retry_key_is_refused(config_dir: Path, edit: Edit) -> None:
+    edit(R, lambda doc: doc["retry"].update(multiplier=3))
+    assert issues_of(config_dir) == [
+        ConfigIssue(R, "$.retry.multiplier", "unknown key 'multiplier'")
+    ]
+
+
+def test_max_retries_zero_and_a_complete_fill_ratio_are_allowed(
+    config_dir: Path, edit: Edit
+) -> None:
+    edit(R, lambda doc: doc["retry"].update(max_retries=0, jitter=0))
+    edit(R, lambda doc: doc["partial_fills"].update(acceptable_fill_ratio=1))
+    recovery = load_config(config_dir).recovery
+    assert (recovery.retry.max_retries, recovery.retry.jitter) == (0, 0)
+    assert recovery.partial_fills.acceptable_fill_ratio == 1
