@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,24 @@ async def eventually(
         if loop.time() > deadline:
             pytest.fail(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+class FakeClock:
+    """Wall-clock time a test moves by hand (cooldowns, windows, UTC days are measured in it)."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def trading_config(documents: dict[str, Any]) -> None:
+    """For the end-to-end tests: ticks of 100 ms, and a grid price that moves enough to fill."""
+    for bot in documents["bots.json"]["bots"]:
+        bot["tick_interval_seconds"] = 0.1
+    kraken = next(b for b in documents["bots.json"]["bots"] if b["name"] == "kraken")
+    kraken["feed"]["volatility_per_hour"] = 1.0

@@ -18,21 +18,13 @@ from typing import Any
 import pytest
 
 from coordinator.api.auth import TOKEN_FILE
-from tests.support_config import write_fast_config
+from tests.support_config import trading_config, write_fast_config
 from tests.support_process import CoordinatorProcess, wait_for
-
-
-def e2e_config(documents: dict[str, Any]) -> None:
-    """Ticks of 100 ms, a DCA buy every 200 ms, and a grid price that moves enough to fill."""
-    for bot in documents["bots.json"]["bots"]:
-        bot["tick_interval_seconds"] = 0.1
-    kraken = next(b for b in documents["bots.json"]["bots"] if b["name"] == "kraken")
-    kraken["feed"]["volatility_per_hour"] = 1.0
 
 
 @pytest.fixture
 def config_dir(tmp_path: Path) -> Path:
-    return write_fast_config(tmp_path / "config", e2e_config)
+    return write_fast_config(tmp_path / "config", trading_config)
 
 
 @pytest.fixture

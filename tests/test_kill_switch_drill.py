@@ -10,20 +10,12 @@ import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from coordinator.api.auth import ADMIN_TOKEN_FILE
-from tests.support_config import write_fast_config
+from tests.support_config import trading_config, write_fast_config
 from tests.support_process import CoordinatorProcess, wait_for
-
-
-def trading_config(documents: dict[str, Any]) -> None:
-    for bot in documents["bots.json"]["bots"]:
-        bot["tick_interval_seconds"] = 0.1
-    kraken = next(b for b in documents["bots.json"]["bots"] if b["name"] == "kraken")
-    kraken["feed"]["volatility_per_hour"] = 1.0
 
 
 @pytest.fixture

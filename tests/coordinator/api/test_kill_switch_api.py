@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,7 @@ from coordinator.api.app import make_app
 from coordinator.api.auth import ControlToken
 from coordinator.config.models import CoordinatorConfig
 from coordinator.runtime import Coordinator
-from tests.support_config import eventually
-
-
-class FakeClock:
-    """Wall-clock time the test moves by hand (the cooldown is measured in it)."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
+from tests.support_config import FakeClock, eventually
 
 
 @pytest.fixture

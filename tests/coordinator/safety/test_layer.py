@@ -9,7 +9,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,22 +24,11 @@ from coordinator.runtime import Coordinator
 from coordinator.safety.kill_switch import Trigger
 from coordinator.safety.layer import BASELINES_KEY
 from coordinator.supervisor import BotRunner
-from tests.support_config import eventually
+from tests.support_config import FakeClock, eventually
 
 D = Decimal
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 MAX_FAILURES = 5  # config/kill-switch.json
-
-
-class FakeClock:
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @dataclass
@@ -54,7 +43,7 @@ class Activations:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture

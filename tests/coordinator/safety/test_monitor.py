@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from coordinator.runtime import Coordinator
 from coordinator.safety.kill_switch import Trigger
 from coordinator.safety.monitor import Breach, TriggerWatch
 from coordinator.supervisor import BotRunner
-from tests.support_config import MAX_CRASHES, write_fast_config
+from tests.support_config import MAX_CRASHES, FakeClock, write_fast_config
 
 D = Decimal
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -29,17 +29,6 @@ T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 MAX_FAILURES = 5
 MAX_DAILY_LOSS = D(2000)
 BREAKER_MINUTES = 15
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @dataclass
@@ -61,7 +50,7 @@ class Rig:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 async def open_rig(config: CoordinatorConfig, data_dir: Path, clock: FakeClock) -> Rig:
