@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from coordinator import __version__
+from coordinator.accounts import MissingCredentials
 from coordinator.api.auth import TokenError, load_or_create_admin_token, load_or_create_token
 from coordinator.bot_test import print_summary, run_bot_test, with_mode
 from coordinator.breaker_cli import add_breaker_commands, reset_breaker
@@ -153,6 +154,9 @@ def _bot_test(args: argparse.Namespace, config: CoordinatorConfig) -> int:
     except LookupError as exc:
         _say(f"bot-coordinator: --bot: {exc}")
         return EXIT_BAD_CONFIG
+    except MissingCredentials as exc:
+        _say(f"bot-coordinator: {exc}")
+        return EXIT_BAD_CONFIG
     print_summary(summary)
     return EXIT_OK if summary["error"] is None else EXIT_START_FAILED
 
@@ -194,6 +198,9 @@ def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) 
     except StoreError as exc:
         log.error("cannot use the database in %s: %s", args.data_dir, exc)
         return EXIT_START_FAILED
+    except MissingCredentials as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_BAD_CONFIG
     finally:
         lock.close()
     return EXIT_OK

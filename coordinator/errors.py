@@ -55,3 +55,10 @@ class WrongState(Conflict):
 class ShuttingDown(CoordinatorError):
     status = 503
     code = "shutting_down"
+
+
+class ExchangeUnavailable(CoordinatorError):
+    """An exchange we need right now did not answer (or refused our credentials)."""
+
+    status = 503
+    code = "exchange_unavailable"

@@ -17,9 +17,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from bots.exchanges.ccxt_adapter import make_private_exchange
 from bots.exchanges.paper import PaperExchange
 from bots.ids import ClientOrderIds
 from coordinator import __version__
+from coordinator.accounts import Accounts
 from coordinator.config.models import CoordinatorConfig
 from coordinator.errors import CoordinatorError, ShuttingDown, WrongState
 from coordinator.lifecycle import BotState
@@ -57,6 +59,7 @@ class Coordinator:
         self.started_at = clock()
         self._started_monotonic = time.monotonic()
         self.accepting = True
+        self.accounts: Accounts | None = None
         # Cancellations a kill switch started and did not finish before answering.
         self._background: set[asyncio.Task[Any]] = set()
         self.kill_switch.halt = self.halt_all
@@ -68,10 +71,16 @@ class Coordinator:
         data_dir: Path,
         clock: Callable[[], datetime] | None = None,
         max_batch_jobs: int = MAX_BATCH_JOBS,
+        accounts: Accounts | None = None,
     ) -> Coordinator:
         clock = clock or (lambda: datetime.now(UTC))
         store = await SqliteStore.open(data_dir / DATABASE_FILE, max_batch_jobs)
         public = PublicExchanges()
+        accounts = accounts or Accounts(
+            lambda exchange, credentials, ssl_context: make_private_exchange(
+                exchange, credentials, ssl_context
+            )
+        )
         try:
             journal = SqliteJournal(store)
             # The kill switch is read back before anything else: no bot may start while it is
@@ -87,7 +96,7 @@ class Coordinator:
                 )
                 persisted = dict(await journal.load_bot_row(bot.name) or {})
                 await _note_unclean_end(journal, bot.name, persisted, clock())
-                parts = await build_bot_parts(bot, journal, public, safety, clock)
+                parts = await build_bot_parts(bot, journal, public, accounts, safety, clock)
                 runners[bot.name] = BotRunner(
                     parts,
                     journal,
@@ -100,11 +109,13 @@ class Coordinator:
                 await _resolve_orders_left_live(runners[bot.name])
                 await journal.save_bot_state(bot.name, clock(), state=BotState.STOPPED.value)
         except BaseException:
+            await accounts.close()
             await public.close()
             await store.close()
             raise
         supervisor = Supervisor(runners, config.recovery)
         coordinator = cls(config, store, journal, supervisor, public, clock, safety)
+        coordinator.accounts = accounts
         safety.start_watch(
             lambda: supervisor.runners.values(),
             lambda reason, trigger: coordinator.activate_kill_switch(
@@ -374,6 +385,8 @@ class Coordinator:
             await _close_quietly(runner.name, runner.parts.feed.close())
             await _close_quietly(runner.name, runner.parts.adapter.close())
         await self.public.close()
+        if self.accounts is not None:
+            await self.accounts.close()
         await self.journal.audit(
             actor="coordinator",
             action="coordinator.stop",

@@ -14,20 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bots.book import BotBook
 from bots.bot import Bot, TickStats
+from bots.errors import ExchangeError
 from bots.exchanges.base import ExchangeAdapter
 from bots.feeds.base import MarketFeed
 from bots.gateway import BotIdentity, OrderGate, OrderGateway, SendGuard
 from bots.ids import ClientOrderIds
 from bots.strategies.base import Strategy
-from coordinator.config.models import BotConfig, RecoverySettings
-from coordinator.errors import Conflict, UnknownBot, WrongState
+from coordinator.config.models import BotConfig, BotMode, RecoverySettings
+from coordinator.errors import Conflict, ExchangeUnavailable, UnknownBot, WrongState
 from coordinator.lifecycle import STARTABLE, STOPPABLE, BotState, check_bot_transition
 from coordinator.store.journal import SqliteJournal
 
@@ -48,6 +49,8 @@ class BotParts:
     risk_gate: OrderGate | None = None  # the bot's risk limits
     safe_mode_risk_gate: OrderGate | None = None  # the same, tightened: used in safe mode
     send_guard: SendGuard | None = None  # the circuit breakers
+    # Run before each start: a live bot reads its opening balances from the exchange here.
+    prepare: Callable[[], Awaitable[None]] | None = None
 
 
 class BotRunner:
@@ -96,12 +99,19 @@ class BotRunner:
                 f"when stopped or crashed"
             )
         await self._end_task()  # a crashed bot may be waiting out its backoff
+        if self.parts.prepare is not None:
+            try:
+                await self.parts.prepare()
+            except ExchangeError as exc:
+                self.last_error = f"cannot start: {exc}"
+                raise ExchangeUnavailable(f"bot {self.name!r} cannot start: {exc}") from exc
         if self.state not in STARTABLE:  # another start or a stop came first while we waited
             raise WrongState(
                 f"bot {self.name!r} is {self.state.value}; it was started or stopped "
                 "by another request meanwhile"
             )
-        self.safe_mode = safe_mode
+        # A bot configured in mode "safe" always trades under the safe-mode limits.
+        self.safe_mode = safe_mode or self.parts.config.mode is BotMode.SAFE
         self.consecutive_crashes = 0
         self.next_restart_at = None
         self.last_error = None

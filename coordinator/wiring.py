@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from bots.book import BotBook
+from bots.exchanges.base import ExchangeAdapter
+from bots.exchanges.ccxt_adapter import CcxtExchange
 from bots.exchanges.paper import PaperExchange
 from bots.feeds.base import MarketFeed
 from bots.feeds.ccxt_public import CcxtPublicFeed, make_public_exchange
@@ -16,6 +19,7 @@ from bots.feeds.simulated import SimulatedFeed
 from bots.gateway import BotIdentity, ReadOnlyGate
 from bots.strategies.base import Strategy
 from bots.strategies.registry import STRATEGIES
+from coordinator.accounts import Accounts
 from coordinator.config.models import BotConfig, BotMode, MarketDataSource
 from coordinator.safety.layer import SafetyLayer
 from coordinator.store.journal import SqliteJournal
@@ -52,25 +56,26 @@ async def build_bot_parts(
     bot: BotConfig,
     journal: SqliteJournal,
     public: PublicExchanges,
+    accounts: Accounts,
     safety: SafetyLayer,
     clock: Callable[[], datetime],
 ) -> BotParts:
     book = BotBook.from_snapshot(await journal.load_book(bot.name))
-    if not book.balances:
-        opening = dict(bot.paper.initial_balances)
-        await journal.seed_balances(bot.name, opening, "paper account opening balance", clock())
-        book.balances = opening
-        log.info("%s: paper account opened with %s", bot.name, _show_balances(opening))
-    adapter = PaperExchange(
-        f"paper-{bot.exchange}",
-        bot.symbol,
-        book.balances,
-        fee_rate=bot.paper.fee_rate,
-        slippage_bps=bot.paper.slippage_bps,
-        amount_decimals=bot.paper.amount_decimals,
-        price_decimals=bot.feed.price_decimals,
-        clock=clock,
-    )
+    prepare: Callable[[], Awaitable[None]] | None = None
+    if not trades_on_exchange(bot):
+        adapter: ExchangeAdapter = await _paper_account(bot, book, journal, clock)
+        feed = _build_feed(bot, public, clock)
+    else:
+        client = accounts.client_for(bot)  # MissingCredentials names the variables
+        ccxt_adapter = CcxtExchange(bot.exchange, client, clock=clock)
+        adapter = ccxt_adapter
+        feed = CcxtPublicFeed(client, bot.symbol)  # the account's own client: one rate limit
+
+        async def read_opening_balances() -> None:
+            if not book.balances:
+                await _seed_from_exchange(bot, book, journal, ccxt_adapter, clock)
+
+        prepare = read_opening_balances
     spec = STRATEGIES[bot.strategy.name]
     params = bot.strategy.params
 
@@ -84,14 +89,63 @@ async def build_bot_parts(
         config=bot,
         identity=BotIdentity(bot.name, bot.exchange, bot.symbol, bot.base_asset, bot.quote_asset),
         adapter=adapter,
-        feed=_build_feed(bot, public, clock),
+        feed=feed,
         book=book,
         make_strategy=make_strategy,
         gates=gates,
         risk_gate=risk_gate,
         safe_mode_risk_gate=safe_mode_risk_gate,
         send_guard=safety.board,
+        prepare=prepare,
     )
+
+
+def trades_on_exchange(bot: BotConfig) -> bool:
+    """Whether the bot works on its real exchange account. A paper bot never does; nor does a
+    bot on the offline feed (the loader allows that only for paper bots, and `--read-only`
+    keeps an offline paper bot on its paper account with every order refused)."""
+    return bot.mode is not BotMode.PAPER and bot.market_data is MarketDataSource.EXCHANGE
+
+
+async def _paper_account(
+    bot: BotConfig, book: BotBook, journal: SqliteJournal, clock: Callable[[], datetime]
+) -> PaperExchange:
+    if not book.balances:
+        opening = dict(bot.paper.initial_balances)
+        await journal.seed_balances(bot.name, opening, "paper account opening balance", clock())
+        book.balances = opening
+        log.info("%s: paper account opened with %s", bot.name, _show_balances(opening))
+    return PaperExchange(
+        f"paper-{bot.exchange}",
+        bot.symbol,
+        book.balances,
+        fee_rate=bot.paper.fee_rate,
+        slippage_bps=bot.paper.slippage_bps,
+        amount_decimals=bot.paper.amount_decimals,
+        price_decimals=bot.feed.price_decimals,
+        clock=clock,
+    )
+
+
+async def _seed_from_exchange(
+    bot: BotConfig,
+    book: BotBook,
+    journal: SqliteJournal,
+    adapter: CcxtExchange,
+    clock: Callable[[], datetime],
+) -> None:
+    """A live bot's first start: its balances of the pair's two assets as the exchange reports
+    them, recorded as adjustments, so later balances are these plus the bot's fills."""
+    balances = await adapter.fetch_balance()
+    opening = {
+        asset: balances[asset].total if asset in balances else Decimal(0)
+        for asset in (bot.base_asset, bot.quote_asset)
+    }
+    await journal.seed_balances(
+        bot.name, opening, f"balance read from {bot.exchange} at the bot's first start", clock()
+    )
+    book.balances = dict(opening)
+    log.info("%s: balances read from %s: %s", bot.name, bot.exchange, _show_balances(opening))
 
 
 def _build_feed(

@@ -213,14 +213,17 @@ def _bot_entries(bots_data: Any) -> list[tuple[int, dict[str, Any]]]:
     return [(i, bot) for i, bot in enumerate(bots) if isinstance(bot, dict)]
 
 
-def refuse_mode_without_exchange_adapter(index: int, mode: Any) -> ConfigIssue | None:
-    """Only paper bots can run until the ccxt exchange adapter exists; remove this with it."""
-    if isinstance(mode, str) and mode in set(BotMode) and mode != BotMode.PAPER:
+def check_market_data_for_mode(index: int, bot: Mapping[str, Any]) -> ConfigIssue | None:
+    """A bot that trades on the exchange (live, safe, read-only) reads the exchange's market:
+    an offline simulated price would let it trade real money against a made-up market."""
+    mode, source = bot.get("mode"), bot.get("market_data")
+    trades_for_real = isinstance(mode, str) and mode in set(BotMode) and mode != BotMode.PAPER
+    if trades_for_real and source == "offline":
         reason = (
-            f"mode {mode!r} needs the ccxt exchange adapter, which this version does not have "
-            "yet; use 'paper'"
+            f"mode {mode!r} trades on the exchange, so market_data must be 'exchange', "
+            "not 'offline' (an offline price is only for paper bots)"
         )
-        return ConfigIssue(BOTS_FILE, json_path(("bots", index, "mode")), reason)
+        return ConfigIssue(BOTS_FILE, json_path(("bots", index, "market_data")), reason)
     return None
 
 
@@ -236,7 +239,7 @@ def _check_bots(bots_data: Any) -> tuple[list[ConfigIssue], dict[int, BaseModel]
                 path = json_path(("bots", index, "name"))
                 issues.append(ConfigIssue(BOTS_FILE, path, f"duplicate bot name {name!r}"))
             seen.add(name)
-        if (issue := refuse_mode_without_exchange_adapter(index, bot.get("mode"))) is not None:
+        if (issue := check_market_data_for_mode(index, bot)) is not None:
             issues.append(issue)
         issues.extend(_check_quote_balance(index, bot))
         strategy = bot.get("strategy")

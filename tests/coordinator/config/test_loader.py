@@ -300,16 +300,26 @@ def test_limits_for_an_unknown_bot_are_reported(config_dir: Path, edit: Edit) ->
 
 
 @pytest.mark.parametrize("mode", ["live", "safe", "read-only"])
-def test_a_mode_other_than_paper_is_refused(config_dir: Path, edit: Edit, mode: str) -> None:
+def test_a_bot_trading_on_the_exchange_may_not_use_the_offline_feed(
+    config_dir: Path, edit: Edit, mode: str
+) -> None:
     edit("bots.json", lambda doc: doc["bots"][1].update(mode=mode))
     assert issues_of(config_dir) == [
         ConfigIssue(
             "bots.json",
-            "$.bots[1].mode",
-            f"mode '{mode}' needs the ccxt exchange adapter, which this version does not have "
-            "yet; use 'paper'",
+            "$.bots[1].market_data",
+            f"mode '{mode}' trades on the exchange, so market_data must be 'exchange', not "
+            "'offline' (an offline price is only for paper bots)",
         )
     ]
+
+
+@pytest.mark.parametrize("mode", ["live", "safe", "read-only"])
+def test_a_bot_trading_on_the_exchange_with_exchange_data_loads(
+    config_dir: Path, edit: Edit, mode: str
+) -> None:
+    edit("bots.json", lambda doc: doc["bots"][1].update(mode=mode, market_data="exchange"))
+    assert load_config(config_dir).bots.bots[1].mode == mode
 
 
 def test_values_of_the_wrong_shape_do_not_break_the_checks(config_dir: Path, edit: Edit) -> None:
