@@ -33,6 +33,8 @@ class BotBook:
     unseen_fills: list[FillView] = field(default_factory=list)  # since the strategy last looked
     # When this process journaled the bot's recent orders (for orders-per-minute limits).
     recent_orders: deque[datetime] = field(default_factory=lambda: deque(maxlen=10_000))
+    # How the partial-fill policy ended orders: "completed" / "timed_out" -> count.
+    partial_fill_outcomes: dict[str, int] = field(default_factory=dict)
     # Orders in a row that the exchange rejected or that failed; a sent order resets it.
     consecutive_failures: int = 0
 

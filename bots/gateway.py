@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal, Protocol
 
@@ -89,6 +89,16 @@ class SubmitResult:
 
 
 @dataclass(frozen=True, slots=True)
+class PartialFillPolicy:
+    """An order filled to at least `acceptable_ratio` is complete: its remainder is cancelled.
+    Below that, the remainder is cancelled once the order is `timeout` old. Orders with no
+    fill at all are left alone (a grid's resting orders must rest)."""
+
+    acceptable_ratio: Decimal
+    timeout: timedelta
+
+
+@dataclass(frozen=True, slots=True)
 class BotIdentity:
     bot: str
     exchange: str
@@ -115,6 +125,7 @@ class OrderGateway:
         gates: Sequence[OrderGate] = (),
         clock: Callable[[], datetime] | None = None,
         send_guard: SendGuard | None = None,
+        partial_fills: PartialFillPolicy | None = None,
     ) -> None:
         self.identity = identity
         self.adapter = adapter
@@ -123,6 +134,7 @@ class OrderGateway:
         self.book = book
         self.gates = list(gates)
         self.send_guard = send_guard
+        self.partial_fills = partial_fills
         self._clock = clock or (lambda: datetime.now(UTC))
         self._apply_lock = asyncio.Lock()
         # Orders being sent right now: refreshes leave them alone and cancels wait for the send,
@@ -324,6 +336,33 @@ class OrderGateway:
         self.book.last_price = market.last
         await self.adapter.on_market(market)
         await self.refresh_live_orders("found in a sync")
+        await self.enforce_partial_fill_policy()
+
+    async def enforce_partial_fill_policy(self) -> None:
+        policy = self.partial_fills
+        if policy is None:
+            return
+        now = self._clock()
+        for order in list(self.book.live_orders.values()):
+            if order.status is not OrderStatus.OPEN or not 0 < order.filled < order.amount:
+                continue
+            ratio = order.filled / order.amount
+            if ratio >= policy.acceptable_ratio:
+                outcome = "completed"
+                reason = (
+                    f"complete at {ratio:.1%} filled (acceptable from "
+                    f"{policy.acceptable_ratio:.0%}): remainder cancelled"
+                )
+            elif now - order.created_at >= policy.timeout:
+                outcome = "timed_out"
+                minutes = int(policy.timeout.total_seconds() // 60)
+                reason = f"only {ratio:.1%} filled after {minutes} min: remainder cancelled"
+            else:
+                continue
+            if await self.cancel(order.client_order_id, reason):
+                outcomes = self.book.partial_fill_outcomes
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                log.info("%s: order %d %s", self.identity.bot, order.client_order_id, reason)
 
     async def refresh_live_orders(self, detail: str) -> int:
         """Ask the exchange about every order the journal holds live; returns how many are
@@ -359,7 +398,7 @@ class OrderGateway:
         except OrderNotFound:
             await self._unknown_to_exchange(order)
             return True
-        await self._apply(client_order_id, snapshot, reason)
+        await self._apply(client_order_id, snapshot, reason, row_reason=reason)
         return True
 
     async def cancel_all(self, reason: str) -> list[str]:
@@ -377,7 +416,13 @@ class OrderGateway:
 
     # -- applying what the exchange says ---------------------------------------------------------
 
-    async def _apply(self, client_order_id: int, snapshot: OrderSnapshot, detail: str) -> None:
+    async def _apply(
+        self,
+        client_order_id: int,
+        snapshot: OrderSnapshot,
+        detail: str,
+        row_reason: str | None = None,
+    ) -> None:
         async with self._apply_lock:
             order = self.book.live_orders.get(client_order_id)
             if order is None:
@@ -425,7 +470,7 @@ class OrderGateway:
                 status=status,
                 filled=snapshot.filled,
                 exchange_order_id=snapshot.exchange_order_id or order.exchange_order_id,
-                reason=snapshot.reason or order.reason,
+                reason=row_reason or snapshot.reason or order.reason,
             )
             await self.journal.record_update(
                 OrderUpdate(

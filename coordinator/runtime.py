@@ -367,6 +367,7 @@ class Coordinator:
             "refusals": dict(book.refusals),
             "last_refusal": book.last_refusal,
             "order_errors": dict(book.errors),
+            "partial_fills": dict(book.partial_fill_outcomes),
         }
 
     # -- shutdown --------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from bots.bot import Bot, TickStats
 from bots.errors import ExchangeError
 from bots.exchanges.base import ExchangeAdapter
 from bots.feeds.base import MarketFeed
-from bots.gateway import BotIdentity, OrderGate, OrderGateway, SendGuard
+from bots.gateway import BotIdentity, OrderGate, OrderGateway, PartialFillPolicy, SendGuard
 from bots.ids import ClientOrderIds
 from bots.strategies.base import Strategy
 from coordinator.config.models import BotConfig, BotMode, RecoverySettings
@@ -201,6 +201,10 @@ class BotRunner:
             gates,
             self._clock,
             self.parts.send_guard,
+            PartialFillPolicy(
+                self.settings.partial_fills.acceptable_fill_ratio,
+                timedelta(minutes=self.settings.partial_fills.partial_fill_timeout_minutes),
+            ),
         )
 
     async def _supervise(self) -> None:

@@ -10,7 +10,7 @@ import asyncio
 import copy
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,12 @@ import pytest
 from bots.book import BotBook
 from bots.errors import OrderNotFound, TransientExchangeError
 from bots.exchanges.base import ExchangeAdapter
-from bots.exchanges.paper import CANCEL_REASON, PARTIAL_FILL_REASON, PaperExchange
+from bots.exchanges.paper import PARTIAL_FILL_REASON, PaperExchange
 from bots.gateway import (
     BotIdentity,
     OrderGate,
     OrderGateway,
+    PartialFillPolicy,
     ReadOnlyGate,
     Refusal,
     SubmitResult,
@@ -557,7 +558,8 @@ async def test_cancel_all_cancels_every_live_order_and_releases_them(make_rig: M
     assert errors == []
     rows = await rig.rows()
     for cid in cids:
-        assert (rows[cid]["status"], rows[cid]["reason"]) == ("canceled", CANCEL_REASON)
+        # The row says why we cancelled it, not only that the exchange did.
+        assert (rows[cid]["status"], rows[cid]["reason"]) == ("canceled", "operator stop")
         assert (await rig.events(cid))[-1] == ("open", "canceled", "operator stop")
     assert rig.book.live_orders == {}
     assert rig.book.trade_ids == {}
@@ -730,3 +732,83 @@ async def test_an_intent_committed_after_its_caller_was_cancelled_enters_the_boo
     assert await rig.gateway.cancel_all("stop") == []
     assert (await rig.row(cid))["status"] == "failed"
     assert rig.book.live_orders == {}
+
+
+# ----- partial fills ---------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def with_policy(rig: Rig, clock: Clock) -> OrderGateway:
+    """The rig's parts behind a gateway with the shipped partial-fill policy and a fake clock."""
+    return OrderGateway(
+        IDENTITY,
+        rig.exchange,
+        rig.journal,
+        rig.gateway.ids,
+        rig.book,
+        clock=clock,
+        partial_fills=PartialFillPolicy(D("0.95"), timedelta(minutes=30)),
+    )
+
+
+async def test_an_order_filled_96_percent_is_complete_and_its_remainder_cancelled(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig()
+    gateway = with_policy(rig, Clock())
+    rig.paper.set_partial_fill_ratio(D("0.96"))
+    cid = cid_of(await gateway.submit(limit(Side.BUY, "1", "95.00")))
+
+    await gateway.sync(snap("94.80", "94.90"))  # the market trades through the order once
+
+    row = await rig.row(cid)
+    assert (row["status"], D(row["filled"])) == ("canceled", D("0.96"))
+    assert row["reason"].startswith("complete at 96.0% filled")
+    assert rig.book.partial_fill_outcomes == {"completed": 1}
+    assert rig.book.live_orders == {}
+    balances = await rig.paper.fetch_balance()
+    assert balances["AUD"].used == 0  # the reserved funds of the remainder are released
+
+
+async def test_an_order_filled_50_percent_is_cancelled_only_after_the_timeout(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig()
+    clock = Clock()
+    gateway = with_policy(rig, clock)
+    rig.paper.set_partial_fill_ratio(D("0.5"))
+    cid = cid_of(await gateway.submit(limit(Side.BUY, "1", "95.00")))
+    await gateway.sync(snap("94.80", "94.90"))  # half fills
+    away = snap("99.90", "100.10")
+
+    clock.now += timedelta(minutes=29)
+    await gateway.sync(away)
+    assert (await rig.row(cid))["status"] == "open"
+
+    clock.now += timedelta(minutes=1)
+    await gateway.sync(away)
+
+    row = await rig.row(cid)
+    assert (row["status"], D(row["filled"])) == ("canceled", D("0.5"))
+    assert row["reason"] == "only 50.0% filled after 30 min: remainder cancelled"
+    assert rig.book.partial_fill_outcomes == {"timed_out": 1}
+    assert (await rig.paper.fetch_balance())["AUD"].used == 0
+
+
+async def test_an_order_with_no_fill_is_left_resting_whatever_its_age(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    clock = Clock()
+    gateway = with_policy(rig, clock)
+    cid = cid_of(await gateway.submit(limit(Side.BUY, "1", "95.00")))
+
+    clock.now += timedelta(days=2)
+    await gateway.sync(snap("99.90", "100.10"))
+
+    assert (await rig.row(cid))["status"] == "open"
