@@ -44,6 +44,7 @@ from bots.models import (
     OrderRequest,
     OrderSnapshot,
 )
+from bots.retry import RetryPolicy
 from bots.strategies.base import FillView
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class OrderGateway:
         clock: Callable[[], datetime] | None = None,
         send_guard: SendGuard | None = None,
         partial_fills: PartialFillPolicy | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.identity = identity
         self.adapter = adapter
@@ -135,6 +137,7 @@ class OrderGateway:
         self.gates = list(gates)
         self.send_guard = send_guard
         self.partial_fills = partial_fills
+        self.retry = retry  # None: a transient failure is looked up once, never resent
         self._clock = clock or (lambda: datetime.now(UTC))
         self._apply_lock = asyncio.Lock()
         # Orders being sent right now: refreshes leave them alone and cancels wait for the send,
@@ -196,47 +199,83 @@ class OrderGateway:
         await asyncio.shield(write)
 
     async def _send(self, intent: OrderIntent, order: JournalOrder) -> SubmitResult:
-        # A gate may have closed while the intent was being committed: ask again, and send in
-        # the same step, with no await in between.
-        refusal = self._recheck(intent, order.client_order_id)
-        if refusal is None and self.send_guard is not None:
-            refusal = self.send_guard.before_send(self.identity.exchange)
-        if refusal is not None:
-            await self._finish_unsent(order, OrderStatus.FAILED, f"not sent: {refusal.reason}")
-            return self._refused(refusal, order.client_order_id)
+        """Send, and after a transient failure look the order up before any resend: an order
+        the exchange did take is adopted, never sent twice."""
+        coid = order.client_order_id
         request = OrderRequest(
-            order.client_order_id, order.symbol, order.side, order.type, order.amount, order.price
+            coid, order.symbol, order.side, order.type, order.amount, order.price
         )
+        attempt = 0
+        while True:
+            attempt += 1
+            # A gate may have closed while the intent was being committed (or while we backed
+            # off): ask again, and send in the same step, with no await in between.
+            refusal = self._recheck(intent, coid)
+            if refusal is None and self.send_guard is not None:
+                refusal = self.send_guard.before_send(self.identity.exchange)
+            if refusal is not None:
+                await self._finish_unsent(order, OrderStatus.FAILED, f"not sent: {refusal.reason}")
+                return self._refused(refusal, coid)
+            try:
+                snapshot = await self.adapter.create_order(request)
+            except OrderRejected as exc:
+                self._after_send("permanent")
+                self._count_error(exc.code)
+                await self._finish_unsent(order, OrderStatus.REJECTED, exc.reason)
+                log.warning(
+                    "%s: order %d rejected by %s: %s",
+                    self.identity.bot,
+                    coid,
+                    self.adapter.name,
+                    exc.reason,
+                )
+                return SubmitResult("rejected", coid, exc.code, exc.reason)
+            except TransientExchangeError as exc:
+                self._after_send("transient")
+                self._count_error("transient")
+                outcome = await self._after_transient_failure(order, exc, attempt)
+                if outcome is not None:
+                    return outcome
+                continue  # the exchange does not have it: send again, under the same id
+            except ExchangeError as exc:
+                self._after_send("permanent")
+                self._count_error("exchange_error")
+                log.error("%s: order %d failed: %s", self.identity.bot, coid, exc)
+                return await self._resolve_after_send_error(order, exc, attempt)
+            except BaseException:
+                self._after_send("cancelled")  # no evidence either way: free a probe slot only
+                raise
+            self._after_send(None)
+            self.book.consecutive_failures = 0
+            await self._apply(coid, snapshot, "acknowledged")
+            return SubmitResult("sent", coid)
+
+    async def _after_transient_failure(
+        self, order: JournalOrder, error: TransientExchangeError, attempt: int
+    ) -> SubmitResult | None:
+        """None: the exchange does not have the order, send it again. Otherwise the outcome."""
+        retry = self.retry
+        if retry is None or attempt > retry.max_retries:
+            return await self._resolve_after_send_error(order, error, attempt)
+        # Give the exchange time to show an order it did take before asking for it.
+        await retry.sleep(retry.delay(attempt))
         try:
-            snapshot = await self.adapter.create_order(request)
-        except OrderRejected as exc:
-            self._after_send("permanent")
-            self._count_error(exc.code)
-            await self._finish_unsent(order, OrderStatus.REJECTED, exc.reason)
+            snapshot = await self.adapter.fetch_order(order.client_order_id, order.symbol)
+        except OrderNotFound:
             log.warning(
-                "%s: order %d rejected by %s: %s",
+                "%s: order %d is not on %s after %s; sending it again (attempt %d of %d)",
                 self.identity.bot,
                 order.client_order_id,
                 self.adapter.name,
-                exc.reason,
+                error,
+                attempt + 1,
+                retry.max_retries + 1,
             )
-            return SubmitResult("rejected", order.client_order_id, exc.code, exc.reason)
-        except TransientExchangeError as exc:
-            # The request may or may not have reached the exchange: look it up, never resend.
-            self._after_send("transient")
-            self._count_error("transient")
-            return await self._resolve_after_send_error(order, exc)
-        except ExchangeError as exc:
-            self._after_send("permanent")
-            self._count_error("exchange_error")
-            log.error("%s: order %d failed: %s", self.identity.bot, order.client_order_id, exc)
-            return await self._resolve_after_send_error(order, exc)
-        except BaseException:
-            self._after_send("cancelled")  # no evidence either way: free a probe slot only
-            raise
-        self._after_send(None)
+            return None
+        except ExchangeError as lookup_error:
+            return self._unresolved(order, error, lookup_error)
+        await self._apply(order.client_order_id, snapshot, f"found after send error: {error}")
         self.book.consecutive_failures = 0
-        await self._apply(order.client_order_id, snapshot, "acknowledged")
         return SubmitResult("sent", order.client_order_id)
 
     def _after_send(self, failure: SendFailure | None) -> None:
@@ -281,25 +320,41 @@ class OrderGateway:
         self.book.errors[code] = self.book.errors.get(code, 0) + 1
 
     async def _resolve_after_send_error(
-        self, order: JournalOrder, error: ExchangeError
+        self, order: JournalOrder, error: ExchangeError, attempts: int = 1
     ) -> SubmitResult:
+        """The last word on a send that failed: look it up; absent, it failed."""
         try:
             snapshot = await self.adapter.fetch_order(order.client_order_id, order.symbol)
         except OrderNotFound:
-            await self._finish_unsent(order, OrderStatus.FAILED, f"not placed: {error}")
+            gave_up = self.retry is not None and attempts > 1
+            reason = (
+                f"not placed after {attempts} attempts (last: {error}); needs an operator"
+                if gave_up
+                else f"not placed: {error}"
+            )
+            await self._finish_unsent(order, OrderStatus.FAILED, reason)
+            if gave_up:
+                self._count_error("retries_exhausted")
+                log.critical("%s: order %d %s", self.identity.bot, order.client_order_id, reason)
+                return SubmitResult("failed", order.client_order_id, "retries_exhausted", reason)
             return SubmitResult("failed", order.client_order_id, "send_failed", str(error))
         except ExchangeError as lookup_error:
-            log.error(
-                "%s: order %d outcome unknown after %r; lookup failed too (%s); "
-                "it stays pending and is looked up again on the next sync",
-                self.identity.bot,
-                order.client_order_id,
-                error,
-                lookup_error,
-            )
-            return SubmitResult("unresolved", order.client_order_id, "unknown", str(error))
+            return self._unresolved(order, error, lookup_error)
         await self._apply(order.client_order_id, snapshot, f"found after send error: {error}")
         return SubmitResult("sent", order.client_order_id)
+
+    def _unresolved(
+        self, order: JournalOrder, error: ExchangeError, lookup_error: ExchangeError
+    ) -> SubmitResult:
+        log.error(
+            "%s: order %d outcome unknown after %r; lookup failed too (%s); "
+            "it stays pending and is looked up again on the next sync",
+            self.identity.bot,
+            order.client_order_id,
+            error,
+            lookup_error,
+        )
+        return SubmitResult("unresolved", order.client_order_id, "unknown", str(error))
 
     async def _finish_unsent(self, order: JournalOrder, status: OrderStatus, reason: str) -> None:
         async with self._apply_lock:

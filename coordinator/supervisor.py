@@ -26,6 +26,7 @@ from bots.exchanges.base import ExchangeAdapter
 from bots.feeds.base import MarketFeed
 from bots.gateway import BotIdentity, OrderGate, OrderGateway, PartialFillPolicy, SendGuard
 from bots.ids import ClientOrderIds
+from bots.retry import RetryPolicy
 from bots.strategies.base import Strategy
 from coordinator.config.models import BotConfig, BotMode, RecoverySettings
 from coordinator.errors import Conflict, ExchangeUnavailable, UnknownBot, WrongState
@@ -205,6 +206,7 @@ class BotRunner:
                 self.settings.partial_fills.acceptable_fill_ratio,
                 timedelta(minutes=self.settings.partial_fills.partial_fill_timeout_minutes),
             ),
+            RetryPolicy.from_settings(self.settings.retry),
         )
 
     async def _supervise(self) -> None:

@@ -52,6 +52,7 @@ def write_fast_config(target: Path, change: Callable[[dict[str, Any]], None] | N
     )
     recovery["sequential_start"].update(health_timeout_seconds=3, delay_between_starts_seconds=0)
     recovery["shutdown"]["grace_seconds"] = GRACE
+    recovery["retry"].update(initial_delay_seconds=0.01, max_delay_seconds=0.05)
     if change is not None:
         change(docs)
     for name, document in docs.items():

@@ -43,6 +43,7 @@ from bots.models import (
     OrderType,
     Side,
 )
+from bots.retry import RetryPolicy
 from coordinator.store.journal import SqliteJournal
 from coordinator.store.sqlite import SqliteStore, StoreClosed, StoreError
 
@@ -812,3 +813,99 @@ async def test_an_order_with_no_fill_is_left_resting_whatever_its_age(make_rig: 
     await gateway.sync(snap("99.90", "100.10"))
 
     assert (await rig.row(cid))["status"] == "open"
+
+
+# ----- retries after a transient failure -------------------------------------------------------
+
+
+def with_retry(rig: Rig, max_retries: int, slept: list[float]) -> OrderGateway:
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    return OrderGateway(
+        IDENTITY,
+        rig.exchange,
+        rig.journal,
+        rig.gateway.ids,
+        rig.book,
+        retry=RetryPolicy(max_retries, 0.5, 10, jitter=0, sleep=sleep),
+    )
+
+
+async def test_an_order_the_exchange_did_not_take_is_looked_up_then_sent_again_once(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig()
+    slept: list[float] = []
+    gateway = with_retry(rig, 3, slept)
+    rig.paper.fail_next(1)  # the first send fails and makes no order
+
+    result = await gateway.submit(market(Side.BUY, "1"))
+
+    assert result.outcome == "sent"
+    cid = cid_of(result)
+    calls = [name for name, id_ in rig.exchange.calls if id_ == cid]
+    assert calls == ["create_order", "fetch_order", "create_order"]  # looked up before resending
+    assert slept == [0.5]  # backed off before the lookup
+    assert (await rig.row(cid))["status"] == "filled"
+    assert (await rig.paper_totals())["BTC"] == OPENING["BTC"] + 1  # bought once, not twice
+
+
+async def test_an_order_the_exchange_took_before_the_timeout_is_adopted_not_resent(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig(exchange_type=TimeoutAfterSend)
+    gateway = with_retry(rig, 3, [])
+
+    result = await gateway.submit(market(Side.BUY, "1"))
+
+    assert result.outcome == "sent"
+    assert rig.exchange.count("create_order") == 1
+    assert (await rig.row(cid_of(result)))["status"] == "filled"
+
+
+async def test_an_order_still_failing_after_its_retries_is_marked_for_an_operator(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig()
+    slept: list[float] = []
+    gateway = with_retry(rig, 3, slept)
+    rig.paper.fail_next(10)
+
+    result = await gateway.submit(market(Side.BUY, "1"))
+
+    assert (result.outcome, result.code) == ("failed", "retries_exhausted")
+    assert rig.exchange.count("create_order") == 4  # one send and three retries
+    assert slept == [0.5, 1.0, 2.0]  # capped exponential backoff
+    row = await rig.row(cid_of(result))
+    assert row["status"] == "failed"
+    assert row["reason"].startswith("not placed after 4 attempts")
+    assert row["reason"].endswith("needs an operator")
+    assert rig.book.errors["retries_exhausted"] == 1
+
+
+async def test_a_gate_that_closes_during_the_backoff_stops_the_resend(make_rig: MakeRig) -> None:
+    switch = Switch()
+    rig = await make_rig(gates=[switch])
+    closed_during_backoff: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        closed_during_backoff.append(seconds)
+        switch.refusal = Refusal("kill_switch", "the kill switch is active")
+
+    gateway = OrderGateway(
+        IDENTITY,
+        rig.exchange,
+        rig.journal,
+        rig.gateway.ids,
+        rig.book,
+        [switch],
+        retry=RetryPolicy(3, 0.5, 10, jitter=0, sleep=sleep),
+    )
+    rig.paper.fail_next(1)
+
+    result = await gateway.submit(market(Side.BUY, "1"))
+
+    assert (result.outcome, result.code) == ("refused", "kill_switch")
+    assert rig.exchange.count("create_order") == 1
+    assert (await rig.row(cid_of(result)))["status"] == "failed"
