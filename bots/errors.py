@@ -16,6 +16,12 @@ class TransientExchangeError(ExchangeError):
     """Timeout, 5xx, rate limit, maintenance: may succeed if tried again later."""
 
 
+class RequestRefused(TransientExchangeError):
+    """The venue refused to process the request at all (rate limit, maintenance): it may be
+    sent again. Any other transient failure (a timeout, a 5xx, a lost connection) leaves the
+    outcome unknown: an order may exist, so it is looked up, never simply sent again."""
+
+
 class OrderRejected(ExchangeError):
     """The venue refused the order (insufficient funds, invalid size, unknown symbol)."""
 

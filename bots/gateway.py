@@ -25,6 +25,7 @@ from bots.errors import (
     ExchangeError,
     OrderNotFound,
     OrderRejected,
+    RequestRefused,
     TransientExchangeError,
 )
 from bots.exchanges.base import ExchangeAdapter
@@ -135,6 +136,8 @@ class OrderGateway:
         self.ids = ids
         self.book = book
         self.gates = list(gates)
+        # Read-only sends nothing that writes: not an order, not a cancel.
+        self.read_only = any(isinstance(gate, ReadOnlyGate) for gate in self.gates)
         self.send_guard = send_guard
         self.partial_fills = partial_fills
         self.retry = retry  # None: a transient failure is looked up once, never resent
@@ -173,10 +176,16 @@ class OrderGateway:
         sent = asyncio.Event()
         self._in_flight[coid] = sent
         try:
-            return await self._send(intent, order)
+            result = await self._send(intent, order)
         finally:
             sent.set()
             self._in_flight.pop(coid, None)
+        # Orders in a row that ended badly (not attempts: one order's retries count once).
+        if result.outcome == "sent":
+            self.book.consecutive_failures = 0
+        elif result.outcome in ("rejected", "failed", "unresolved"):
+            self.book.consecutive_failures += 1
+        return result
 
     async def _journal_intent(self, order: JournalOrder) -> None:
         """Commit the intent, and only then count it as live.
@@ -246,41 +255,72 @@ class OrderGateway:
                 self._after_send("cancelled")  # no evidence either way: free a probe slot only
                 raise
             self._after_send(None)
-            self.book.consecutive_failures = 0
             await self._apply(coid, snapshot, "acknowledged")
             return SubmitResult("sent", coid)
 
     async def _after_transient_failure(
         self, order: JournalOrder, error: TransientExchangeError, attempt: int
     ) -> SubmitResult | None:
-        """None: the exchange does not have the order, send it again. Otherwise the outcome."""
+        """None: send it again (the venue refused the request and does not have the order).
+        Otherwise the order's outcome.
+
+        Only a `RequestRefused` (rate limit, maintenance) may lead to a resend. After a timeout
+        or a 5xx the order may exist and may still appear: it is looked up over the whole
+        backoff schedule and adopted if it shows up, never sent a second time."""
         retry = self.retry
-        if retry is None or attempt > retry.max_retries:
+        if retry is None:
             return await self._resolve_after_send_error(order, error, attempt)
-        # Give the exchange time to show an order it did take before asking for it.
-        await retry.sleep(retry.delay(attempt))
+        if isinstance(error, RequestRefused):
+            if attempt > retry.max_retries:
+                return await self._resolve_after_send_error(order, error, attempt)
+            await retry.sleep(retry.delay(attempt))
+            try:
+                found = await self._look_up(order)
+            except ExchangeError as lookup_error:
+                return self._unresolved(order, error, lookup_error)
+            if found is None:
+                log.warning(
+                    "%s: %s refused order %d (%s); sending it again (attempt %d of %d)",
+                    self.identity.bot,
+                    self.adapter.name,
+                    order.client_order_id,
+                    error,
+                    attempt + 1,
+                    retry.max_retries + 1,
+                )
+                return None
+            return await self._adopt(order, found, error)
+        for lookup in range(1, retry.max_retries + 2):
+            await retry.sleep(retry.delay(lookup))
+            try:
+                found = await self._look_up(order)
+            except ExchangeError as lookup_error:
+                log.warning(
+                    "%s: looking up order %d failed: %s",
+                    self.identity.bot,
+                    order.client_order_id,
+                    lookup_error,
+                )
+                continue
+            if found is not None:
+                return await self._adopt(order, found, error)
+        return await self._resolve_after_send_error(
+            order, error, attempt, lookups=retry.max_retries + 2
+        )
+
+    async def _look_up(self, order: JournalOrder) -> OrderSnapshot | None:
         try:
-            snapshot = await self.adapter.fetch_order(order.client_order_id, order.symbol)
+            return await self.adapter.fetch_order(order.client_order_id, order.symbol)
         except OrderNotFound:
-            log.warning(
-                "%s: order %d is not on %s after %s; sending it again (attempt %d of %d)",
-                self.identity.bot,
-                order.client_order_id,
-                self.adapter.name,
-                error,
-                attempt + 1,
-                retry.max_retries + 1,
-            )
             return None
-        except ExchangeError as lookup_error:
-            return self._unresolved(order, error, lookup_error)
+
+    async def _adopt(
+        self, order: JournalOrder, snapshot: OrderSnapshot, error: ExchangeError
+    ) -> SubmitResult:
         await self._apply(order.client_order_id, snapshot, f"found after send error: {error}")
-        self.book.consecutive_failures = 0
         return SubmitResult("sent", order.client_order_id)
 
     def _after_send(self, failure: SendFailure | None) -> None:
-        if failure in ("transient", "permanent"):
-            self.book.consecutive_failures += 1
         if self.send_guard is not None:
             self.send_guard.after_send(self.identity.exchange, failure)
 
@@ -320,24 +360,24 @@ class OrderGateway:
         self.book.errors[code] = self.book.errors.get(code, 0) + 1
 
     async def _resolve_after_send_error(
-        self, order: JournalOrder, error: ExchangeError, attempts: int = 1
+        self, order: JournalOrder, error: ExchangeError, attempts: int = 1, lookups: int = 1
     ) -> SubmitResult:
         """The last word on a send that failed: look it up; absent, it failed."""
         try:
             snapshot = await self.adapter.fetch_order(order.client_order_id, order.symbol)
         except OrderNotFound:
-            gave_up = self.retry is not None and attempts > 1
+            gave_up = self.retry is not None and (attempts > 1 or lookups > 1)
+            if not gave_up:
+                await self._finish_unsent(order, OrderStatus.FAILED, f"not placed: {error}")
+                return SubmitResult("failed", order.client_order_id, "send_failed", str(error))
             reason = (
-                f"not placed after {attempts} attempts (last: {error}); needs an operator"
-                if gave_up
-                else f"not placed: {error}"
+                f"not placed: {attempts} send(s), and {self.adapter.name} did not show it in "
+                f"{lookups} lookup(s) (last error: {error}); needs an operator"
             )
             await self._finish_unsent(order, OrderStatus.FAILED, reason)
-            if gave_up:
-                self._count_error("retries_exhausted")
-                log.critical("%s: order %d %s", self.identity.bot, order.client_order_id, reason)
-                return SubmitResult("failed", order.client_order_id, "retries_exhausted", reason)
-            return SubmitResult("failed", order.client_order_id, "send_failed", str(error))
+            self._count_error("retries_exhausted")
+            log.critical("%s: order %d %s", self.identity.bot, order.client_order_id, reason)
+            return SubmitResult("failed", order.client_order_id, "retries_exhausted", reason)
         except ExchangeError as lookup_error:
             return self._unresolved(order, error, lookup_error)
         await self._apply(order.client_order_id, snapshot, f"found after send error: {error}")
@@ -442,6 +482,12 @@ class OrderGateway:
         return unresolved
 
     async def cancel(self, client_order_id: int, reason: str = "cancelled by strategy") -> bool:
+        if self.read_only:
+            self._refused(
+                Refusal("read_only", f"read-only: order {client_order_id} is left as it is"),
+                client_order_id,
+            )
+            return False
         sending = self._in_flight.get(client_order_id)
         if sending is not None:
             await sending.wait()  # cancel what the send produced, not a guess

@@ -4,7 +4,9 @@ The split follows who must act (see `bots.errors`):
 
 - `ccxt.NetworkError` (RequestTimeout, DDoSProtection, RateLimitExceeded, ExchangeNotAvailable,
   OnMaintenance, InvalidNonce) and `ccxt.BadResponse` (the venue sent something unparseable)
-  -> `TransientExchangeError`. Note that ccxt maps HTTP 400/403/404 to ExchangeNotAvailable, so
+  -> `TransientExchangeError`; of those, rate limits and maintenance (the venue refused to
+  process the request) -> `RequestRefused`, the only transient failure after which an order may
+  be sent again. Note that ccxt maps HTTP 400/403/404 to ExchangeNotAvailable, so
   those are transient too; the circuit breaker, not this module, stops endless retries.
 - `ccxt.AuthenticationError` (PermissionDenied, AccountSuspended, ...) -> `OperatorActionRequired`.
 - `ccxt.OrderNotFound` -> `OrderNotFound`; `ccxt.InsufficientFunds` and `ccxt.InvalidOrder`
@@ -23,6 +25,7 @@ from bots.errors import (
     OperatorActionRequired,
     OrderNotFound,
     OrderRejected,
+    RequestRefused,
     TransientExchangeError,
 )
 
@@ -30,6 +33,8 @@ from bots.errors import (
 def translate_ccxt_error(exc: BaseException, exchange_id: str) -> ExchangeError:
     """Return our error for a ccxt exception; the message names the exchange and ccxt's class."""
     message = f"{exchange_id}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, ccxt.DDoSProtection | ccxt.RateLimitExceeded | ccxt.OnMaintenance):
+        return RequestRefused(message)  # refused before processing: safe to send again
     if isinstance(exc, ccxt.NetworkError | ccxt.BadResponse):
         return TransientExchangeError(message)
     if isinstance(exc, ccxt.AuthenticationError):

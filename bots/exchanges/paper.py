@@ -24,6 +24,7 @@ from bots.errors import (
     ExchangeError,
     OrderNotFound,
     OrderRejected,
+    RequestRefused,
     TransientExchangeError,
 )
 from bots.models import (
@@ -133,6 +134,8 @@ class PaperExchange:
         self._reject_reason = ""
         self._fail_next = 0
         self._fail_reason = ""
+        self._refuse_next = 0
+        self._refuse_reason = ""
         self._partial_ratio = Decimal(1)
 
     # ----- drills -------------------------------------------------------------------------
@@ -149,6 +152,13 @@ class PaperExchange:
             raise ValueError("count must be >= 0")
         self._fail_next, self._fail_reason = count, reason
 
+    def refuse_next(self, count: int, reason: str = "drill: rate limit exceeded") -> None:
+        """The next `count` create_order calls raise RequestRefused (the venue refused to
+        process them, like a rate limit); no order is made."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        self._refuse_next, self._refuse_reason = count, reason
+
     def set_partial_fill_ratio(self, ratio: Decimal) -> None:
         """Each fill event fills at most `ratio * amount` of an order (1 = fill in full)."""
         if not Decimal(0) < ratio <= Decimal(1):
@@ -158,6 +168,9 @@ class PaperExchange:
     # ----- ExchangeAdapter ----------------------------------------------------------------
 
     async def create_order(self, request: OrderRequest) -> OrderSnapshot:
+        if self._refuse_next:
+            self._refuse_next -= 1
+            raise RequestRefused(f"{self.name}: {self._refuse_reason}")
         if self._fail_next:
             self._fail_next -= 1
             raise TransientExchangeError(f"{self.name}: {self._fail_reason}")

@@ -838,7 +838,7 @@ async def test_an_order_the_exchange_did_not_take_is_looked_up_then_sent_again_o
     rig = await make_rig()
     slept: list[float] = []
     gateway = with_retry(rig, 3, slept)
-    rig.paper.fail_next(1)  # the first send fails and makes no order
+    rig.paper.refuse_next(1)  # a rate limit: the venue refused the first send, made no order
 
     result = await gateway.submit(market(Side.BUY, "1"))
 
@@ -864,13 +864,13 @@ async def test_an_order_the_exchange_took_before_the_timeout_is_adopted_not_rese
     assert (await rig.row(cid_of(result)))["status"] == "filled"
 
 
-async def test_an_order_still_failing_after_its_retries_is_marked_for_an_operator(
+async def test_an_order_still_refused_after_its_retries_is_marked_for_an_operator(
     make_rig: MakeRig,
 ) -> None:
     rig = await make_rig()
     slept: list[float] = []
     gateway = with_retry(rig, 3, slept)
-    rig.paper.fail_next(10)
+    rig.paper.refuse_next(10)
 
     result = await gateway.submit(market(Side.BUY, "1"))
 
@@ -879,9 +879,57 @@ async def test_an_order_still_failing_after_its_retries_is_marked_for_an_operato
     assert slept == [0.5, 1.0, 2.0]  # capped exponential backoff
     row = await rig.row(cid_of(result))
     assert row["status"] == "failed"
-    assert row["reason"].startswith("not placed after 4 attempts")
+    assert row["reason"].startswith("not placed: 4 send(s)")
     assert row["reason"].endswith("needs an operator")
     assert rig.book.errors["retries_exhausted"] == 1
+    assert rig.book.consecutive_failures == 1  # one order failed, however many attempts
+
+
+async def test_an_order_whose_send_outcome_is_unknown_is_never_sent_again(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig()
+    slept: list[float] = []
+    gateway = with_retry(rig, 3, slept)
+    rig.paper.fail_next(1)  # a timeout: did the venue take it? nobody knows
+
+    result = await gateway.submit(market(Side.BUY, "1"))
+
+    assert rig.exchange.count("create_order") == 1
+    assert slept == [0.5, 1.0, 2.0, 4.0]  # looked for over the whole backoff schedule
+    assert (result.outcome, result.code) == ("failed", "retries_exhausted")
+    assert "did not show it in 5 lookup(s)" in (await rig.row(cid_of(result)))["reason"]
+
+
+class ShowsUpLate(RecordingExchange):
+    """The send times out; the venue took the order but shows it only from the third lookup."""
+
+    hidden_lookups = 2
+
+    async def create_order(self, request: OrderRequest) -> OrderSnapshot:
+        await super().create_order(request)
+        raise TransientExchangeError("paper: timed out reading the response")
+
+    async def fetch_order(self, client_order_id: int, symbol: str) -> OrderSnapshot:
+        if self.hidden_lookups:
+            self.hidden_lookups -= 1
+            self.calls.append(("fetch_order", client_order_id))
+            raise OrderNotFound("paper: not (yet) visible")
+        return await super().fetch_order(client_order_id, symbol)
+
+
+async def test_an_order_that_shows_up_late_is_adopted_and_never_sent_twice(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig(exchange_type=ShowsUpLate)
+    gateway = with_retry(rig, 3, [])
+
+    result = await gateway.submit(market(Side.BUY, "1"))
+
+    assert result.outcome == "sent"
+    assert rig.exchange.count("create_order") == 1
+    assert rig.exchange.count("fetch_order") == 3
+    assert (await rig.row(cid_of(result)))["status"] == "filled"
 
 
 async def test_a_gate_that_closes_during_the_backoff_stops_the_resend(make_rig: MakeRig) -> None:
@@ -902,10 +950,24 @@ async def test_a_gate_that_closes_during_the_backoff_stops_the_resend(make_rig: 
         [switch],
         retry=RetryPolicy(3, 0.5, 10, jitter=0, sleep=sleep),
     )
-    rig.paper.fail_next(1)
+    rig.paper.refuse_next(1)
 
     result = await gateway.submit(market(Side.BUY, "1"))
 
     assert (result.outcome, result.code) == ("refused", "kill_switch")
     assert rig.exchange.count("create_order") == 1
     assert (await rig.row(cid_of(result)))["status"] == "failed"
+
+
+async def test_a_read_only_gateway_sends_no_cancel_either(make_rig: MakeRig) -> None:
+    writer = await make_rig()
+    cid = cid_of(await writer.gateway.submit(limit(Side.BUY, "1", "95.00")))  # left open
+    read_only = OrderGateway(
+        IDENTITY, writer.exchange, writer.journal, writer.gateway.ids, writer.book, [ReadOnlyGate()]
+    )
+
+    assert await read_only.cancel_all("operator stop") == []
+
+    assert writer.exchange.count("cancel_order") == 0
+    assert (await writer.row(cid))["status"] == "open"
+    assert writer.book.refusals["read_only"] == 1

@@ -25,6 +25,7 @@ from bots.errors import (
     OperatorActionRequired,
     OrderNotFound,
     OrderRejected,
+    RequestRefused,
     TransientExchangeError,
 )
 from bots.exchanges.ccxt_errors import translate_ccxt_error
@@ -63,6 +64,8 @@ class FakeClock:
 
 def expected_error(cls: type[Exception]) -> tuple[type[ExchangeError], str | None]:
     """Our class for a ccxt class (and an `OrderRejected`'s code), by who must act."""
+    if issubclass(cls, ccxt.DDoSProtection | ccxt.RateLimitExceeded | ccxt.OnMaintenance):
+        return RequestRefused, None  # refused before processing: the one resendable kind
     if issubclass(cls, ccxt.NetworkError | ccxt.BadResponse):
         return TransientExchangeError, None
     if issubclass(cls, ccxt.AuthenticationError):  # PermissionDenied, AccountSuspended, ...
@@ -129,7 +132,7 @@ async def test_every_ccxt_error_is_retried_only_when_temporary(
     failure: BaseException = caught.value
     exchange = board.breaker(EXCHANGE).snapshot()
     global_ = board.breaker(GLOBAL).snapshot()
-    if ours is TransientExchangeError:
+    if issubclass(ours, TransientExchangeError):
         attempts = MAX_RETRIES + 1
         assert isinstance(failure, RetriesExhausted)
         assert failure.attempts == attempts

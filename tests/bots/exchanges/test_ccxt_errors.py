@@ -8,6 +8,7 @@ from bots.errors import (
     OperatorActionRequired,
     OrderNotFound,
     OrderRejected,
+    RequestRefused,
     TransientExchangeError,
 )
 from bots.exchanges.ccxt_errors import translate_ccxt_error
@@ -17,10 +18,10 @@ from bots.exchanges.ccxt_errors import translate_ccxt_error
     ("ccxt_error", "ours"),
     [
         (ccxt.RequestTimeout, TransientExchangeError),
-        (ccxt.DDoSProtection, TransientExchangeError),
-        (ccxt.RateLimitExceeded, TransientExchangeError),
+        (ccxt.DDoSProtection, RequestRefused),
+        (ccxt.RateLimitExceeded, RequestRefused),
         (ccxt.ExchangeNotAvailable, TransientExchangeError),
-        (ccxt.OnMaintenance, TransientExchangeError),
+        (ccxt.OnMaintenance, RequestRefused),
         (ccxt.InvalidNonce, TransientExchangeError),
         (ccxt.NetworkError, TransientExchangeError),
         (ccxt.BadResponse, TransientExchangeError),

@@ -1,0 +1,210 @@
+"""Test support: a stateful fake of kraken's private order endpoints (aioresponses callbacks over
+an in-memory order book), served together with kraken's public market data, and the config edit
+and client factory that make the shipped kraken bot a live one on it.
+
+ccxt's real kraken code runs against these endpoints; only the HTTP layer is fake.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from aioresponses import CallbackResult, aioresponses
+
+from tests.bots.exchanges.ccxt_fixtures import (
+    KRAKEN_CREDENTIALS,
+    KRAKEN_PRIVATE,
+    KRAKEN_PUBLIC,
+    kraken_add_order,
+    kraken_balance,
+    kraken_client,
+    kraken_ok,
+    kraken_order,
+    kraken_trade,
+    mock_kraken_markets,
+)
+
+PRICE = "150000.0"
+ASK = "150010.0"
+TICKER = {
+    "XBTAUD": {
+        "a": [ASK, "1", "1.0"],
+        "b": ["149990.0", "1", "1.0"],
+        "c": [PRICE, "0.01"],
+        "v": ["1", "1"],
+        "p": [PRICE, PRICE],
+        "t": [1, 1],
+        "l": [PRICE, PRICE],
+        "h": [PRICE, PRICE],
+        "o": PRICE,
+    }
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request to a private endpoint, in the order they came, with what a lookup found."""
+
+    endpoint: str
+    form: dict[str, str]
+    listed: tuple[str, ...] = ()  # the txids OpenOrders or ClosedOrders answered with
+
+    @property
+    def cl_ord_id(self) -> str | None:
+        return self.form.get("cl_ord_id")
+
+
+class FakeKraken:
+    """Kraken's private order endpoints over an in-memory order book.
+
+    A limit order rests until `fill()`; a market order fills in full at `ASK` when it is added
+    (as on kraken). OpenOrders and ClosedOrders filter by `cl_ord_id` like kraken's do. A
+    client order id seen before is not refused (kraken's cl_ord_id is unique among open orders
+    only). `calls` lists every private request, in order."""
+
+    def __init__(self) -> None:
+        self.orders: dict[str, dict[str, Any]] = {}
+        self.trades: dict[str, dict[str, Any]] = {}
+        self.calls: list[Call] = []
+
+    @staticmethod
+    def form(kwargs: Mapping[str, Any]) -> dict[str, str]:
+        data = kwargs.get("data") or b""
+        text = data.decode() if isinstance(data, bytes) else str(data)
+        return {k: v[0] for k, v in parse_qs(text).items()}
+
+    def place(self, form: Mapping[str, str]) -> str:
+        """Put the order an AddOrder form describes in the book; its txid."""
+        txid = f"O{len(self.orders) + 1:05d}-FAKE-KRAKEN"
+        order = kraken_order(
+            side=form["type"],
+            ordertype=form["ordertype"],
+            vol=form["volume"],
+            price=form.get("price", "0"),
+            status="open",
+        )
+        order["cl_ord_id"] = form["cl_ord_id"]
+        self.orders[txid] = order
+        if form["ordertype"] == "market":
+            self.fill(txid, ASK)
+        return txid
+
+    def add_order(self, url: Any, **kwargs: Any) -> CallbackResult:
+        return CallbackResult(payload=kraken_add_order(self.place(self.form(kwargs))))
+
+    def query_orders(self, url: Any, **kwargs: Any) -> CallbackResult:
+        txids = self.form(kwargs)["txid"].split(",")
+        return CallbackResult(payload=kraken_ok({t: self.orders[t] for t in txids}))
+
+    def query_trades(self, url: Any, **kwargs: Any) -> CallbackResult:
+        ids = self.form(kwargs)["txid"].split(",")
+        return CallbackResult(payload=kraken_ok({i: self.trades[i] for i in ids}))
+
+    def open_orders(self, url: Any, **kwargs: Any) -> CallbackResult:
+        found = self._listed(self.form(kwargs), lambda status: status == "open")
+        return CallbackResult(payload=kraken_ok({"open": found}))
+
+    def closed_orders(self, url: Any, **kwargs: Any) -> CallbackResult:
+        found = self._listed(self.form(kwargs), lambda status: status != "open")
+        return CallbackResult(payload=kraken_ok({"closed": found, "count": len(found)}))
+
+    def _listed(
+        self, form: Mapping[str, str], wanted: Callable[[str], bool]
+    ) -> dict[str, dict[str, Any]]:
+        cl_ord_id = form.get("cl_ord_id")
+        return {
+            txid: order
+            for txid, order in self.orders.items()
+            if wanted(order["status"]) and cl_ord_id in (None, order["cl_ord_id"])
+        }
+
+    def cancel_order(self, url: Any, **kwargs: Any) -> CallbackResult:
+        order = self.orders[self.form(kwargs)["txid"]]
+        if order["status"] == "open":
+            order["status"] = "canceled"
+        return CallbackResult(payload=kraken_ok({"count": 1}))
+
+    def fill(self, txid: str, price: str | None = None) -> None:
+        """The market trades through this order: it fills in full at its limit (or `price`)."""
+        order = self.orders[txid]
+        price = price or order["descr"]["price"]
+        trade_id = f"T{len(self.trades) + 1:05d}-FAKE"
+        trade = kraken_trade(txid, order["vol"], price, "0.24")
+        trade["type"] = order["descr"]["type"]
+        trade["ordertype"] = order["descr"]["ordertype"]
+        self.trades[trade_id] = trade
+        order.update(status="closed", vol_exec=order["vol"], trades=[trade_id])
+
+    def resting(self) -> list[str]:
+        return [t for t, o in self.orders.items() if o["status"] == "open"]
+
+
+PRIVATE_ENDPOINTS = (
+    "AddOrder",
+    "QueryOrders",
+    "QueryTrades",
+    "OpenOrders",
+    "ClosedOrders",
+    "CancelOrder",
+)
+
+
+@contextmanager
+def serving(kraken: FakeKraken) -> Iterator[aioresponses]:
+    """kraken's markets, its XBT/AUD ticker, a balance of 10000 AUD and 0.05 BTC, and `kraken`'s
+    order endpoints (each answered by the method of the same name, looked up on the instance so
+    a subclass may override it)."""
+    with aioresponses() as m:
+        mock_kraken_markets(m)
+        m.get(KRAKEN_PUBLIC + "Ticker?pair=XBTAUD", payload=kraken_ok(TICKER), repeat=True)
+        m.post(
+            KRAKEN_PRIVATE + "BalanceEx",
+            payload=kraken_balance(ZAUD=("10000", "0"), XXBT=("0.05", "0")),
+            repeat=True,
+        )
+        for endpoint in PRIVATE_ENDPOINTS:
+            m.post(KRAKEN_PRIVATE + endpoint, callback=_logged(kraken, endpoint), repeat=True)
+        yield m
+
+
+def _logged(kraken: FakeKraken, endpoint: str) -> Callable[..., CallbackResult]:
+    """The callback for `endpoint`: `kraken`'s method of that name (looked up at each call, so
+    a subclass may override it), noted in `kraken.calls` even when it raises."""
+    name = "".join(f"_{c.lower()}" if c.isupper() else c for c in endpoint).lstrip("_")
+
+    def callback(url: Any, **kwargs: Any) -> CallbackResult:
+        form = FakeKraken.form(kwargs)
+        try:
+            result: CallbackResult = getattr(kraken, name)(url, **kwargs)
+        except BaseException:
+            kraken.calls.append(Call(endpoint, form))
+            raise
+        listed: tuple[str, ...] = ()
+        if endpoint in ("OpenOrders", "ClosedOrders"):
+            answered = result.payload["result"]  # type: ignore[index]
+            listed = tuple(answered["open" if endpoint == "OpenOrders" else "closed"])
+        kraken.calls.append(Call(endpoint, form, listed))
+        return result
+
+    return callback
+
+
+def live_kraken(documents: dict[str, Any]) -> None:
+    bots = documents["bots.json"]["bots"]
+    kraken = next(b for b in bots if b["name"] == "kraken")
+    kraken.update(mode="live", market_data="exchange", tick_interval_seconds=0.05)
+    documents["bots.json"]["bots"] = [kraken]
+    documents["bot-limits.json"]["bots"] = {}
+
+
+def make_client(
+    exchange: str, credentials: Mapping[str, str], ssl_context: ssl.SSLContext | None
+) -> Any:
+    assert exchange == "kraken"
+    assert dict(credentials) == KRAKEN_CREDENTIALS  # read from the environment
+    return kraken_client()  # ccxt's real kraken, without the rate limiter's 1 s waits
