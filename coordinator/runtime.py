@@ -11,19 +11,21 @@ import gc
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bots.exchanges.ccxt_adapter import make_private_exchange
+from bots.errors import TransientExchangeError
+from bots.exchanges.ccxt_adapter import CcxtExchange, make_private_exchange
 from bots.exchanges.paper import PaperExchange
 from bots.ids import ClientOrderIds
 from coordinator import __version__
 from coordinator.accounts import Accounts
-from coordinator.config.models import CoordinatorConfig
+from coordinator.config.models import CoordinatorConfig, MarketDataSource
 from coordinator.errors import CoordinatorError, ShuttingDown, WrongState
+from coordinator.health import HealthMonitor, Probe
 from coordinator.lifecycle import BotState
 from coordinator.safety.kill_switch import KillSwitch, Trigger
 from coordinator.safety.layer import SafetyLayer
@@ -60,6 +62,7 @@ class Coordinator:
         self._started_monotonic = time.monotonic()
         self.accepting = True
         self.accounts: Accounts | None = None
+        self.health: HealthMonitor | None = None
         # Cancellations a kill switch started and did not finish before answering.
         self._background: set[asyncio.Task[Any]] = set()
         self.kill_switch.halt = self.halt_all
@@ -116,6 +119,13 @@ class Coordinator:
         supervisor = Supervisor(runners, config.recovery)
         coordinator = cls(config, store, journal, supervisor, public, clock, safety)
         coordinator.accounts = accounts
+        coordinator.health = HealthMonitor(
+            config.endpoints.health_check_config,
+            exchange_probes(runners.values(), public),
+            clock,
+            on_failure=safety.board.record_transient_failure,
+        )
+        coordinator.health.start()
         safety.start_watch(
             lambda: supervisor.runners.values(),
             lambda reason, trigger: coordinator.activate_kill_switch(
@@ -311,6 +321,7 @@ class Coordinator:
             "kill_switch": self.kill_switch.status(),
             "bots": [self.bot_status(r) for r in self.supervisor.runners.values()],
             "circuit_breaker": self.safety.status(),
+            "exchanges": self.health.status() if self.health is not None else {},
             "coordinator": {
                 "version": __version__,
                 "started_at": iso(self.started_at),
@@ -378,6 +389,8 @@ class Coordinator:
         """Stop taking actions, stop every bot (cancelling open orders), then close everything."""
         self.accepting = False
         await self.safety.stop_watch()
+        if self.health is not None:
+            await self.health.stop()
         errors = await self.supervisor.stop_all(reason, grace_seconds)
         if self._background:
             await asyncio.wait(self._background, timeout=grace_seconds or 1.0)
@@ -400,6 +413,31 @@ class Coordinator:
 
 
 HALT_WAIT_SECONDS = 2.0
+
+
+def exchange_probes(runners: Iterable[BotRunner], public: PublicExchanges) -> dict[str, Probe]:
+    """One status probe per exchange a bot reaches over the network: through the trading
+    account's adapter when there is one, else through the public market-data client."""
+    probes: dict[str, Probe] = {}
+    for runner in runners:
+        config = runner.parts.config
+        adapter = runner.parts.adapter
+        if config.exchange in probes:
+            continue
+        if isinstance(adapter, CcxtExchange):
+            probes[config.exchange] = _venue_probe(adapter)
+        elif config.market_data is MarketDataSource.EXCHANGE:
+            probes[config.exchange] = public.get(config.exchange).fetch_status
+    return probes
+
+
+def _venue_probe(adapter: CcxtExchange) -> Probe:
+    async def probe() -> None:
+        status = await adapter.fetch_status()
+        if not status.ok:
+            raise TransientExchangeError(f"{adapter.name} reports status {status.status!r}")
+
+    return probe
 
 
 def _refuse_while_active(kill_switch: KillSwitch) -> Callable[[], str | None]:

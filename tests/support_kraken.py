@@ -162,6 +162,11 @@ def serving(kraken: FakeKraken) -> Iterator[aioresponses]:
     with aioresponses() as m:
         mock_kraken_markets(m)
         m.get(KRAKEN_PUBLIC + "Ticker?pair=XBTAUD", payload=kraken_ok(TICKER), repeat=True)
+        m.get(
+            KRAKEN_PUBLIC + "SystemStatus",
+            payload=kraken_ok({"status": "online", "timestamp": "2026-11-23T12:00:00Z"}),
+            repeat=True,
+        )
         m.post(
             KRAKEN_PRIVATE + "BalanceEx",
             payload=kraken_balance(ZAUD=("10000", "0"), XXBT=("0.05", "0")),

@@ -66,6 +66,9 @@ async def test_a_live_bot_places_fills_and_cancels_orders_on_kraken(
         assert kraken.orders[lowest_buy]["status"] == "closed"
         assert book.position.base == Decimal("0.001")
 
+        kraken_health = coordinator.status()["exchanges"]["kraken"]
+        assert kraken_health["state"] == "up"  # probed through the account's client
+        assert kraken_health["latency_ms"] is not None
         await coordinator.supervisor.stop("kraken", "test over")
         assert kraken.resting() == []  # every resting order cancelled on kraken
         assert book.live_orders == {}
