@@ -34,7 +34,7 @@ from coordinator.runtime import Coordinator
 from coordinator.store.sqlite import Priority
 
 
-def make_config(directory: Path, bots: int, tick: float) -> Path:
+def make_config(directory: Path, bots: int, tick: float, unlimited: bool) -> Path:
     source = embedded_config_dir()
     for name in (
         "bot-limits.json",
@@ -45,6 +45,10 @@ def make_config(directory: Path, bots: int, tick: float) -> Path:
         data = json.loads((source / name).read_text())
         if name == "bot-limits.json":
             data["bots"] = {}
+            if unlimited:  # measure the order path, not the risk limits' refusals
+                data["global"]["max_orders_per_minute"] = 100_000
+                data["global"]["max_concurrent_positions"] = 1000
+                data["global"]["max_total_exposure"] = 10**9
         (directory / name).write_text(json.dumps(data))
     template = json.loads((source / "bots.json").read_text())["bots"]
     entries = []
@@ -109,7 +113,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         (root / "config").mkdir()
         (root / "data").mkdir()
         config = await asyncio.to_thread(
-            lambda: load_config(make_config(root / "config", args.bots, args.tick))
+            lambda: load_config(make_config(root / "config", args.bots, args.tick, args.unlimited))
         )
         rss_before = rss_mib()
         opened = time.perf_counter()
@@ -169,6 +173,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "ticks_per_bot_min": min(ticks),
             "ticks_per_bot_expected": round(args.seconds / args.tick),
             "orders_total": sum(b["orders"] for b in status["bots"]),
+            "refusals_total": sum(sum(b["refusals"].values()) for b in status["bots"]),
+            "global_limits_lifted": args.unlimited,
             "fills_total": sum(b["fills"] for b in status["bots"]),
             "store_jobs": jobs,
             "store_commits": commits,
@@ -231,6 +237,11 @@ def main() -> None:
         "--no-group-commit",
         action="store_true",
         help="commit every write on its own, to measure what group commit saves",
+    )
+    parser.add_argument(
+        "--unlimited",
+        action="store_true",
+        help="lift the global order-rate, position and exposure limits (measure the order path)",
     )
     parser.add_argument(
         "--burst",

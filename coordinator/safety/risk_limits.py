@@ -12,11 +12,10 @@ And the figures read off a book: PnL, exposure, orders in a time window.
 
 from __future__ import annotations
 
-from collections.abc import Reversible
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from itertools import takewhile
 
 from bots.book import BotBook
 from coordinator.config.models import LimitSet, SafeModeFactors
@@ -121,9 +120,13 @@ def book_exposure(book: BotBook) -> Decimal:
     return base * price
 
 
-def orders_since(times: Reversible[datetime], since: datetime) -> int:
+def orders_since(times: deque[datetime], since: datetime) -> int:
     """How many of `times` (in the order they were journaled) are later than `since`.
 
-    Reads from the newest back and stops at the first older one: `recent_orders` is appended
-    as orders are journaled, stamped by the same clock, so everything before it is older too."""
-    return sum(1 for _ in takewhile(lambda at: at > since, reversed(times)))
+    The rate window only moves forward, so entries at or before `since` are dropped from the
+    left as they age out and the count is the deque's length: O(1) amortised, where scanning
+    every bot's window on every check cost a third of the process's CPU with 100 bots
+    (docs/benchmarks.md). `recent_orders` is appended as orders are journaled, by one clock."""
+    while times and times[0] <= since:
+        times.popleft()
+    return len(times)
