@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from coordinator.config.models import HealthCheckConfig
+from coordinator.failover import EndpointFailover
 from coordinator.store.journal import iso
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,10 @@ class HealthMonitor:
         probes: Mapping[str, Probe],
         clock: Callable[[], datetime],
         on_failure: Callable[[str], None] | None = None,
+        failovers: Mapping[str, EndpointFailover] | None = None,
     ) -> None:
         self.config = config
+        self.failovers = dict(failovers or {})
         self.probes = dict(probes)
         self.clock = clock
         self.on_failure = on_failure
@@ -86,6 +89,8 @@ class HealthMonitor:
             health.latency_ms = None
             if self.on_failure is not None:
                 self.on_failure(name)
+            if name in self.failovers:
+                self.failovers[name].observe(False, health.last_error)
         else:
             if health.state in ("degraded", "down"):
                 log.warning("exchange %s is up again", name)
@@ -94,6 +99,8 @@ class HealthMonitor:
             health.latency_ms = round((time.perf_counter() - began) * 1000, 1)
             health.last_ok_at = self.clock()
             health.last_error = None
+            if name in self.failovers:
+                self.failovers[name].observe(True)
         health.last_checked_at = self.clock()
         return health
 
@@ -104,6 +111,8 @@ class HealthMonitor:
     async def _run(self) -> None:
         while True:
             await self.check_all()
+            for failover in self.failovers.values():
+                await failover.check_primary()
             await asyncio.sleep(self.config.interval_seconds)
 
     async def stop(self) -> None:
@@ -113,4 +122,7 @@ class HealthMonitor:
                 await self._task
 
     def status(self) -> dict[str, Any]:
-        return {name: health.as_dict() for name, health in sorted(self.health.items())}
+        status = {name: health.as_dict() for name, health in sorted(self.health.items())}
+        for name, failover in self.failovers.items():
+            status[name]["endpoint"] = failover.status()
+        return status

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from bots.errors import TransientExchangeError
-from bots.exchanges.ccxt_adapter import CcxtExchange, make_private_exchange
+from bots.exchanges.ccxt_adapter import CcxtExchange, make_private_exchange, point_client_at
 from bots.exchanges.paper import PaperExchange
 from bots.ids import ClientOrderIds
 from coordinator import __version__
 from coordinator.accounts import Accounts
 from coordinator.config.models import CoordinatorConfig, MarketDataSource
 from coordinator.errors import CoordinatorError, ShuttingDown, WrongState
+from coordinator.failover import EndpointFailover
 from coordinator.health import HealthMonitor, Probe
 from coordinator.lifecycle import BotState
 from coordinator.safety.kill_switch import KillSwitch, Trigger
@@ -124,6 +125,7 @@ class Coordinator:
             exchange_probes(runners.values(), public),
             clock,
             on_failure=safety.board.record_transient_failure,
+            failovers=coordinator.endpoint_failovers(runners.values()),
         )
         coordinator.health.start()
         safety.start_watch(
@@ -255,6 +257,47 @@ class Coordinator:
         )
         await self.safety.flush()  # the reset is on disk before the answer
         return result
+
+    def endpoint_failovers(self, runners: Iterable[BotRunner]) -> dict[str, EndpointFailover]:
+        """Failover for each exchange a live account trades on that api-endpoints.json lists."""
+        failovers: dict[str, EndpointFailover] = {}
+        for runner in runners:
+            adapter, exchange = runner.parts.adapter, runner.parts.config.exchange
+            endpoints = self.config.endpoints.exchanges.get(exchange)
+            if exchange in failovers or endpoints is None or not isinstance(adapter, CcxtExchange):
+                continue
+            primary_client = self.public.get(exchange)  # keyless: only probes the primary
+
+            async def probe_primary(
+                client: Any = primary_client, url: str = endpoints.primary
+            ) -> Any:
+                point_client_at(client, url)
+                return await client.fetch_status()
+
+            failovers[exchange] = EndpointFailover(
+                exchange,
+                adapter.client,
+                endpoints,
+                self.config.endpoints.health_check_config.failure_threshold,
+                probe_primary,
+                self.clock,
+                on_switch=self._audit_switch,
+            )
+        return failovers
+
+    def _audit_switch(self, exchange: str, to: str, why: str) -> None:
+        task = asyncio.ensure_future(
+            self.journal.audit(
+                actor="health-check",
+                action=f"endpoint.{to}",
+                subject=exchange,
+                result="ok",
+                reason=why,
+                at=self.clock(),
+            )
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def halt_all(self, reason: str) -> None:
         """Halt every bot at once: ticks cancelled, then every open order cancelled. Waits up to

@@ -138,6 +138,25 @@ def _replace_api_url(client: Any, base_url: str) -> None:
     client.urls = {**client.urls, "api": replaced}
 
 
+def point_client_at(client: Any, base_url: str) -> None:
+    """Send the client's requests to `base_url` from now on: every API root that was the
+    venue's private root when the client was built (endpoint failover, and back). The original
+    roots are remembered on the client, so it can be pointed back and forth."""
+    original = getattr(client, "_bot_coordinator_api_urls", None)
+    if original is None:
+        original = client.urls.get("api")
+        client._bot_coordinator_api_urls = original
+    base_url = base_url.rstrip("/")
+    if isinstance(original, str):
+        client.urls = {**client.urls, "api": base_url}
+        return
+    private = original.get("private") if isinstance(original, Mapping) else None
+    if not isinstance(private, str):
+        raise ValueError(f"{client.id} has no private API URL to replace")
+    replaced = {name: base_url if url == private else url for name, url in original.items()}
+    client.urls = {**client.urls, "api": replaced}
+
+
 def install_response_guard(client: Any) -> None:
     """Make a body that is not JSON an error (`ccxt.BadResponse`, after ccxt's HTTP status map).
 

@@ -62,7 +62,7 @@ def test_shipped_default_loads_with_the_documented_values() -> None:
     assert config.recovery.partial_fills == PartialFillSettings(
         acceptable_fill_ratio=Decimal("0.95"), partial_fill_timeout_minutes=30
     )
-    assert config.endpoints.exchanges["ndax"].primary == "https://api.ndax.io:8443"
+    assert config.endpoints.exchanges["ndax"].primary == "https://api.ndax.io:8443/AP"
     assert config.source_dir == REPO_CONFIG_DIR
 
 
