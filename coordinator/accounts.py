@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bots.exchanges.ccxt_adapter import required_credentials
 from coordinator.config.models import BotConfig, CredentialsConfig
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ _FIELDS = {
     "apiKey": "api_key_env",
     "secret": "secret_env",
     "uid": "uid_env",
+    "login": "login_env",
     "password": "password_env",
 }
 
@@ -41,10 +43,12 @@ def read_credentials(bot: BotConfig, environ: Mapping[str, str] | None = None) -
     """The ccxt credential fields for `bot`, from the environment."""
     env = os.environ if environ is None else environ
     names = _named_variables(bot.credentials)
-    if "apiKey" not in names or "secret" not in names:
+    unnamed = [field for field in required_credentials(bot.exchange) if field not in names]
+    if unnamed:
+        keys = ", ".join(f"credentials.{_FIELDS[field]}" for field in unnamed)
         raise MissingCredentials(
-            f"bot {bot.name!r} ({bot.mode.value}) needs credentials: set "
-            f"credentials.api_key_env and credentials.secret_env in bots.json"
+            f"bot {bot.name!r} ({bot.mode.value}) on {bot.exchange} needs {keys} in bots.json "
+            f"(the names of the environment variables that hold them)"
         )
     missing = [variable for variable in names.values() if not env.get(variable)]
     if missing:

@@ -138,6 +138,16 @@ def _replace_api_url(client: Any, base_url: str) -> None:
     client.urls = {**client.urls, "api": replaced}
 
 
+def required_credentials(exchange_id: str) -> tuple[str, ...]:
+    """The credential fields ccxt needs for `exchange_id` (kraken: apiKey, secret; ndax also
+    uid, login and password)."""
+    exchange_class = getattr(ccxt_async, exchange_id, None)
+    if exchange_class is None:
+        return ("apiKey", "secret")
+    required = exchange_class().requiredCredentials
+    return tuple(field for field in CREDENTIAL_FIELDS if required.get(field))
+
+
 def point_client_at(client: Any, base_url: str) -> None:
     """Send the client's requests to `base_url` from now on: every API root that was the
     venue's private root when the client was built (endpoint failover, and back). The original

@@ -95,6 +95,7 @@ class CredentialsConfig(_Frozen):
     secret_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN, max_length=128)
     uid_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN, max_length=128)
     password_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN, max_length=128)
+    login_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN, max_length=128)
 
 
 class BotConfig(_Frozen):

@@ -46,7 +46,12 @@ def test_credentials_are_read_from_the_variables_bots_json_names(
 
 
 def test_a_missing_variable_is_named_and_no_value_is_shown(bots: dict[str, BotConfig]) -> None:
-    env = {"NDAX_API_KEY": "key", "NDAX_API_SECRET": SECRET}  # NDAX_UID is missing
+    env = {
+        "NDAX_API_KEY": "key",
+        "NDAX_API_SECRET": SECRET,
+        "NDAX_LOGIN": "me",
+        "NDAX_PASSWORD": SECRET,
+    }
 
     with pytest.raises(MissingCredentials) as caught:
         read_credentials(bots["ndax"], env)
@@ -66,6 +71,8 @@ async def test_bots_on_one_key_share_a_client_and_every_client_is_closed(
         "NDAX_API_KEY": "n",
         "NDAX_API_SECRET": SECRET,
         "NDAX_UID": "7",
+        "NDAX_LOGIN": "me",
+        "NDAX_PASSWORD": SECRET,
     }
     accounts = Accounts(make, env)
     second_kraken = bots["kraken"].model_copy(update={"name": "kraken-2"})
@@ -76,7 +83,23 @@ async def test_bots_on_one_key_share_a_client_and_every_client_is_closed(
 
     assert first is shared
     assert other is not first
-    assert other.credentials == {"apiKey": "n", "secret": SECRET, "uid": "7"}
+    assert other.credentials == {
+        "apiKey": "n",
+        "secret": SECRET,
+        "uid": "7",
+        "login": "me",
+        "password": SECRET,
+    }
     await accounts.close()
     assert first.closed
     assert other.closed
+
+
+def test_a_bot_must_name_every_credential_its_exchange_needs(bots: dict[str, BotConfig]) -> None:
+    ndax = bots["ndax"]
+    partial = ndax.model_copy(
+        update={"credentials": ndax.credentials.model_copy(update={"login_env": None})}
+    )
+
+    with pytest.raises(MissingCredentials, match=r"needs credentials\.login_env in bots\.json"):
+        read_credentials(partial, {})
