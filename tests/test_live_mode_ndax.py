@@ -1,0 +1,196 @@
+"""A live bot, end to end, on a mocked ndax: the real coordinator and ccxt's real ndax code
+against a stateful fake of ndax's order endpoints. A grid bot's limit orders rest, one fills,
+the grid re-centres (cancelling the rest), and stopping the bot cancels what still rests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import ssl
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from aioresponses import CallbackResult, aioresponses
+
+from coordinator.accounts import Accounts
+from coordinator.config import load_config
+from coordinator.runtime import Coordinator
+from tests.bots.exchanges.ccxt_fixtures import (
+    NDAX,
+    NDAX_CREDENTIALS,
+    mock_ndax_account,
+    mock_ndax_markets,
+    ndax_client,
+    ndax_order,
+    ndax_position,
+    ndax_trade,
+)
+from tests.support_config import eventually, write_fast_config
+
+ENV = {
+    "NDAX_API_KEY": NDAX_CREDENTIALS["apiKey"],
+    "NDAX_API_SECRET": NDAX_CREDENTIALS["secret"],
+    "NDAX_UID": NDAX_CREDENTIALS["uid"],
+    "NDAX_LOGIN": NDAX_CREDENTIALS["login"],
+    "NDAX_PASSWORD": NDAX_CREDENTIALS["password"],
+}
+LEVEL1 = {
+    "BestBid": 129990.0,
+    "BestOffer": 130010.0,
+    "LastTradedPx": 130000.0,
+    "InstrumentId": 1,
+    "TimeStamp": "1767225600250",
+}
+
+
+class FakeNdax:
+    def __init__(self) -> None:
+        self.orders: dict[int, dict[str, Any]] = {}
+        self.trades: dict[int, list[dict[str, Any]]] = {}
+
+    @staticmethod
+    def query(url: Any) -> dict[str, str]:
+        return {k: v[0] for k, v in parse_qs(urlsplit(str(url)).query).items()}
+
+    def send_order(self, url: Any, **kwargs: Any) -> CallbackResult:
+        body = json.loads(kwargs["data"])
+        order_id = 7000 + len(self.orders) + 1
+        self.orders[order_id] = ndax_order(
+            order_id,
+            side="Buy" if body["Side"] == 0 else "Sell",
+            order_type="Limit" if body["OrderType"] == 2 else "Market",
+            quantity=body["Quantity"],
+            price=body.get("LimitPrice", 0.0),
+            client_order_id=body["ClientOrderId"],
+        )
+        self.trades[order_id] = []
+        return CallbackResult(payload={"status": "Accepted", "errormsg": "", "OrderId": order_id})
+
+    def order_status(self, url: Any, **kwargs: Any) -> CallbackResult:
+        return CallbackResult(payload=self.orders[int(self.query(url)["OrderId"])])
+
+    def trades_history(self, url: Any, **kwargs: Any) -> CallbackResult:
+        return CallbackResult(payload=self.trades.get(int(self.query(url)["OrderId"]), []))
+
+    def cancel_order(self, url: Any, **kwargs: Any) -> CallbackResult:
+        order = self.orders[int(json.loads(kwargs["data"])["OrderId"])]
+        if order["OrderState"] == "Working":
+            order["OrderState"] = "Canceled"
+        return CallbackResult(payload={"result": True, "errormsg": None, "errorcode": 0})
+
+    def fill(self, order_id: int) -> None:
+        order = self.orders[order_id]
+        quantity, price = order["OrigQuantity"], order["Price"]
+        order.update(
+            OrderState="FullyExecuted",
+            QuantityExecuted=quantity,
+            Quantity=0,
+            AvgPrice=price,
+            GrossValueExecuted=round(quantity * price, 8),
+        )
+        self.trades[order_id] = [
+            ndax_trade(
+                900 + order_id,
+                order_id,
+                quantity,
+                price,
+                0.1,
+                client_order_id=order["ClientOrderId"],
+                side=order["Side"],
+            )
+        ]
+
+    def resting(self) -> list[int]:
+        return [i for i, o in self.orders.items() if o["OrderState"] == "Working"]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeNdax]:
+    ndax = FakeNdax()
+    with aioresponses() as m:
+        mock_ndax_markets(m)
+        mock_ndax_account(m)
+        m.get(re.compile(re.escape(NDAX) + r"GetLevel1\?.*"), payload=LEVEL1, repeat=True)
+        m.get(
+            re.compile(re.escape(NDAX) + r"GetAccountPositions\?.*"),
+            payload=[ndax_position(1, "BTC", 0.05, 0), ndax_position(3, "CAD", 10000, 0)],
+            repeat=True,
+        )
+        m.post(NDAX + "SendOrder", callback=ndax.send_order, repeat=True)
+        m.post(NDAX + "CancelOrder", callback=ndax.cancel_order, repeat=True)
+        m.get(
+            re.compile(re.escape(NDAX) + r"GetOrderStatus\?.*"),
+            callback=ndax.order_status,
+            repeat=True,
+        )
+        m.get(
+            re.compile(re.escape(NDAX) + r"GetTradesHistory\?.*"),
+            callback=ndax.trades_history,
+            repeat=True,
+        )
+        yield ndax
+
+
+def live_ndax_grid(documents: dict[str, Any]) -> None:
+    bots = documents["bots.json"]["bots"]
+    ndax = next(b for b in bots if b["name"] == "ndax")
+    ndax.update(
+        mode="live",
+        market_data="exchange",
+        tick_interval_seconds=0.05,
+        strategy={
+            "name": "grid",
+            "params": {"levels": 1, "spacing_pct": 0.4, "order_amount": 0.001},
+        },
+    )
+    documents["bots.json"]["bots"] = [ndax]
+    documents["bot-limits.json"]["bots"] = {}
+
+
+def make_client(
+    exchange: str, credentials: Mapping[str, str], ssl_context: ssl.SSLContext | None
+) -> Any:
+    assert exchange == "ndax"
+    assert dict(credentials) == NDAX_CREDENTIALS  # all five, from the environment
+    return ndax_client()
+
+
+async def test_a_live_bot_places_fills_and_cancels_orders_on_ndax(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeNdax
+) -> None:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    config = await asyncio.to_thread(
+        lambda: load_config(write_fast_config(tmp_path / "config", live_ndax_grid))
+    )
+    (tmp_path / "data").mkdir()
+    coordinator = await Coordinator.open(config, tmp_path / "data", accounts=Accounts(make_client))
+    try:
+        runner = await coordinator.supervisor.start("ndax")
+        book = runner.parts.book
+        assert book.balances == {"BTC": Decimal("0.05"), "CAD": Decimal("10000")}
+        await eventually(lambda: len(fake.resting()) == 2, what="the grid's two orders resting")
+        buy = next(i for i in fake.resting() if fake.orders[i]["Side"] == "Buy")
+        assert all(type(o["ClientOrderId"]) is int for o in fake.orders.values())
+
+        fake.fill(buy)
+        await eventually(lambda: book.fills_count == 1, what="the fill journaled")
+        await eventually(
+            lambda: len(fake.orders) == 4 and len(fake.resting()) == 2,
+            what="the grid re-centred: one cancelled, two new",
+        )
+        assert book.position.base == Decimal("0.001")
+
+        await coordinator.supervisor.stop("ndax", "test over")
+        assert fake.resting() == []
+        rows = await coordinator.store.fetch_all(
+            "SELECT status, COUNT(*) n FROM orders GROUP BY status"
+        )
+        assert {row["status"]: row["n"] for row in rows} == {"filled": 1, "canceled": 3}
+    finally:
+        await coordinator.close(grace_seconds=0.5)
