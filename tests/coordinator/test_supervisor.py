@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from bots.feeds.base import MarketFeed
+from bots.journal import OrderStatus
 from bots.models import MarketSnapshot
 from bots.strategies.base import Decision, Strategy, TickContext
 from coordinator.config import load_config
@@ -314,7 +315,12 @@ async def order_statuses(coordinator: Coordinator, bot: str) -> dict[int, str]:
 async def test_stopping_a_grid_bot_cancels_every_resting_order(coordinator: Coordinator) -> None:
     runner = await coordinator.supervisor.start("kraken")
     book = runner.parts.book
-    await eventually(lambda: len(book.live_orders) == 6, what="the grid ladder (3 buys, 3 sells)")
+    # Six acknowledged orders: an order is in the book from the moment its intent commits,
+    # before it is sent, so count the open ones.
+    await eventually(
+        lambda: sum(o.status is OrderStatus.OPEN for o in book.live_orders.values()) == 6,
+        what="the grid ladder (3 buys, 3 sells) open",
+    )
     resting = set(book.live_orders)
     assert set((await order_statuses(coordinator, "kraken")).values()) == {"open"}
 
