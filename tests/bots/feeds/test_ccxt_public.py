@@ -16,40 +16,14 @@ from yarl import URL
 from bots.errors import ExchangeError, OperatorActionRequired, TransientExchangeError
 from bots.feeds.base import MarketFeed
 from bots.feeds.ccxt_public import CcxtPublicFeed, make_public_exchange
+from tests.bots.exchanges.ccxt_fixtures import KRAKEN_ASSETS, KRAKEN_PAIRS
 
 BASE = "https://api.kraken.com/0/public/"
 TICKER_URL = BASE + "Ticker?pair=XBTAUD"
 FIXED = datetime(2026, 1, 1, tzinfo=UTC)
 
-ASSETS = {
-    "error": [],
-    "result": {
-        "XXBT": {"aclass": "currency", "altname": "XBT", "decimals": 10, "display_decimals": 5},
-        "ZAUD": {"aclass": "currency", "altname": "AUD", "decimals": 4, "display_decimals": 2},
-    },
-}
-PAIRS = {
-    "error": [],
-    "result": {
-        "XBTAUD": {
-            "altname": "XBTAUD",
-            "wsname": "XBT/AUD",
-            "aclass_base": "currency",
-            "base": "XXBT",
-            "aclass_quote": "currency",
-            "quote": "ZAUD",
-            "pair_decimals": 1,
-            "cost_decimals": 5,
-            "lot_decimals": 8,
-            "ordermin": "0.00005",
-            "costmin": "0.5",
-            "tick_size": "0.1",
-            "status": "online",
-            "fees": [[0, 0.4]],
-            "fees_maker": [[0, 0.25]],
-        }
-    },
-}
+ASSETS = KRAKEN_ASSETS
+PAIRS = KRAKEN_PAIRS
 
 
 def ticker(**fields: Any) -> dict[str, Any]:
