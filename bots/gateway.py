@@ -37,7 +37,7 @@ from bots.journal import (
     OrderStatus,
     OrderUpdate,
 )
-from bots.ledger import apply_changes, balance_changes
+from bots.ledger import apply_changes, balance_changes, fee_in_quote
 from bots.models import (
     ExchangeOrderStatus,
     MarketSnapshot,
@@ -608,11 +608,9 @@ class OrderGateway:
             )
 
     def _fee_in_quote(self, fee: Decimal, currency: str, price: Decimal) -> Decimal:
-        if currency == self.identity.quote_asset:
-            return fee
-        if currency == self.identity.base_asset:
-            return fee * price
-        return Decimal(0)  # another asset (an exchange token): it shows in balances only
+        return fee_in_quote(
+            fee, currency, price, self.identity.base_asset, self.identity.quote_asset
+        )
 
     def _forget(self, client_order_id: int) -> None:
         self.book.live_orders.pop(client_order_id, None)

@@ -8,7 +8,7 @@ realised PnL is the market's doing and fees are the venue's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -73,3 +73,51 @@ def apply_changes(
 ) -> dict[str, Decimal]:
     """New totals for the assets in `changes` (only those)."""
     return {asset: balances.get(asset, ZERO) + delta for asset, delta in changes.items()}
+
+
+def fee_in_quote(fee: Decimal, currency: str, price: Decimal, base: str, quote: str) -> Decimal:
+    """A fee as the position counts it: in the quote asset. A fee in another asset (an exchange
+    token) shows in balances only."""
+    if currency == quote:
+        return fee
+    if currency == base:
+        return fee * price
+    return ZERO
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerFill:
+    """What a replay needs of one recorded fill."""
+
+    side: Side
+    amount: Decimal
+    price: Decimal
+    fee: Decimal
+    fee_currency: str
+
+
+def replay(
+    fills: Iterable[LedgerFill],
+    adjustments: Iterable[tuple[str, Decimal]],
+    base: str,
+    quote: str,
+) -> tuple[Position, dict[str, Decimal]]:
+    """The position and balances a bot's journal implies: its balance adjustments (opening
+    balances, corrections) plus every fill, in the order they were recorded. The gateway moves
+    the stored position and balances by exactly these steps, so they must be equal."""
+    balances: dict[str, Decimal] = {}
+    for asset, amount in adjustments:
+        balances[asset] = balances.get(asset, ZERO) + amount
+    position = Position()
+    for fill in fills:
+        position = position.apply_fill(
+            fill.side,
+            fill.amount,
+            fill.price,
+            fee_in_quote(fill.fee, fill.fee_currency, fill.price, base, quote),
+        )
+        changes = balance_changes(
+            fill.side, fill.amount, fill.price, fill.fee, fill.fee_currency, base, quote
+        )
+        balances.update(apply_changes(balances, changes))
+    return position, balances

@@ -325,6 +325,31 @@ class PartialFillSettings(_Frozen):
     partial_fill_timeout_minutes: float = Field(gt=0, le=1440)
 
 
+class ReconciliationSettings(_Frozen):
+    """Journal against exchange: scheduled runs and what counts as a balance difference."""
+
+    interval_minutes: float = Field(default=60, ge=0, le=10080)
+    apply_on_schedule: bool = False
+    trade_lookback_hours: float = Field(default=24, gt=0, le=720)
+    balance_tolerance_ratio: Decimal = Field(default=Decimal("0.0001"), ge=0, le=Decimal("0.1"))
+    balance_tolerance_absolute: Decimal = Field(default=Decimal("0.00000001"), ge=0, le=1000)
+
+    def tolerance(self, exchange_amount: Decimal) -> Decimal:
+        """The largest difference from `exchange_amount` that is not drift."""
+        return max(
+            self.balance_tolerance_absolute, abs(exchange_amount) * self.balance_tolerance_ratio
+        )
+
+
+class BackupSettings(_Frozen):
+    """Scheduled backups of config/ and the database."""
+
+    interval_minutes: float = Field(default=60, ge=0, le=10080)
+    keep_count: int = Field(default=48, ge=1, le=10000)
+    keep_days: float = Field(default=7, ge=0, le=3650)
+    include_database: bool = True
+
+
 class RecoverySettings(_Frozen):
     version: int = Field(ge=1, le=1)
     restart: RestartPolicy
@@ -334,6 +359,8 @@ class RecoverySettings(_Frozen):
     shutdown: ShutdownSettings
     retry: RetrySettings
     partial_fills: PartialFillSettings
+    reconciliation: ReconciliationSettings = ReconciliationSettings()
+    backups: BackupSettings = BackupSettings()
 
 
 # --- api-endpoints.json --------------------------------------------------------------------------

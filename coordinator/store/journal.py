@@ -22,6 +22,7 @@ from bots.journal import (
 )
 from bots.ledger import Position
 from bots.models import OrderType, Side
+from coordinator.store.audit_chain import AuditAppend
 from coordinator.store.sqlite import Expect, Priority, SqliteStore, Statement, Write
 
 _ORDER_COLUMNS = (
@@ -289,18 +290,14 @@ class SqliteJournal:
     ) -> None:
         await self.store.write(
             [
-                (
-                    "INSERT INTO audit_events (at, actor, action, subject, reason, result, details)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        iso(at),
-                        actor,
-                        action,
-                        subject,
-                        reason,
-                        result,
-                        json.dumps(dict(details or {}), default=str, sort_keys=True),
-                    ),
+                AuditAppend(
+                    iso(at),
+                    actor,
+                    action,
+                    subject,
+                    reason,
+                    result,
+                    json.dumps(dict(details or {}), default=str, sort_keys=True),
                 )
             ],
             priority,

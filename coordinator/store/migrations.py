@@ -7,7 +7,12 @@ than written to by code that does not know its shape.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+import aiosqlite
+
+from coordinator.store.audit_chain import chain_existing_entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +20,8 @@ class Migration:
     version: int
     name: str
     sql: str
+    # A step in Python, run after `sql` in the same transaction (e.g. hashing existing rows).
+    after: Callable[[aiosqlite.Connection], Awaitable[None]] | None = None
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -139,6 +146,52 @@ MIGRATIONS += (
         );
         CREATE INDEX kill_switch_activations_by_time ON kill_switch_activations (at);
         """,
+    ),
+)
+
+MIGRATIONS += (
+    Migration(
+        3,
+        "integrity: hash-chained audit log; reconciliation runs and corrections",
+        """
+        ALTER TABLE audit_events ADD COLUMN prev_hash TEXT;
+        ALTER TABLE audit_events ADD COLUMN hash TEXT;
+        -- The newest audit entry, written with it: cutting entries off the end of the log
+        -- leaves the head pointing past the last one.
+        CREATE TABLE audit_chain_head (
+            id          INTEGER PRIMARY KEY CHECK (id = 1),
+            last_id     INTEGER NOT NULL,
+            last_hash   TEXT NOT NULL
+        );
+        -- One row per reconciliation (on demand, scheduled or at start-up).
+        CREATE TABLE reconciliation_runs (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            started_at   TEXT NOT NULL,
+            finished_at  TEXT NOT NULL,
+            actor        TEXT NOT NULL,
+            trigger      TEXT NOT NULL,
+            applied      INTEGER NOT NULL,
+            bots         TEXT NOT NULL,
+            differences  INTEGER NOT NULL,
+            corrections  INTEGER NOT NULL,
+            report       TEXT NOT NULL
+        );
+        -- Every change a reconciliation made to the journal. The rows it changed point back
+        -- here: an order event or balance adjustment says "reconciliation correction #id".
+        CREATE TABLE reconciliation_corrections (
+            id        INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id    INTEGER NOT NULL REFERENCES reconciliation_runs(id),
+            at        TEXT NOT NULL,
+            bot       TEXT NOT NULL REFERENCES bots(name),
+            kind      TEXT NOT NULL,
+            subject   TEXT NOT NULL,
+            journal   TEXT,
+            exchange  TEXT,
+            action    TEXT NOT NULL
+        );
+        CREATE INDEX reconciliation_corrections_by_bot ON reconciliation_corrections (bot);
+        """,
+        after=chain_existing_entries,
     ),
 )
 

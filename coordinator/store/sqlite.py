@@ -29,7 +29,8 @@ from typing import Any
 
 import aiosqlite
 
-from coordinator.store.migrations import LATEST_VERSION, MIGRATIONS
+from coordinator.store.migrations import LATEST_VERSION, MIGRATIONS, Migration
+from coordinator.store.steps import TransactionStep
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class StaleWrite(Exception):
     """An `Expect` statement changed a different number of rows than expected."""
 
 
-Write = Statement | Expect
+Write = Statement | Expect | TransactionStep
 
 MAX_BATCH_JOBS = 512
 
@@ -260,7 +261,9 @@ class SqliteStore:
 
 async def _execute_all(conn: aiosqlite.Connection, statements: Iterable[Write]) -> None:
     for statement in statements:
-        if isinstance(statement, Expect):
+        if isinstance(statement, TransactionStep):
+            await statement.apply(conn)
+        elif isinstance(statement, Expect):
             cursor = await conn.execute(statement.sql, statement.params)
             if cursor.rowcount != statement.rows:
                 raise StaleWrite(
@@ -306,6 +309,9 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
     for migration in MIGRATIONS:
         if migration.version <= current:
             continue
+        if migration.after is not None:
+            await _migrate_with_step(conn, migration)
+            continue
         script = (
             "BEGIN IMMEDIATE;\n"
             f"{migration.sql}\n"
@@ -322,3 +328,38 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
                 f"migration {migration.version} ({migration.name}) failed: {exc}"
             ) from exc
         log.info("store migrated to schema version %d: %s", migration.version, migration.name)
+
+
+async def _migrate_with_step(conn: aiosqlite.Connection, migration: Migration) -> None:
+    """A migration with a Python step: its statements one by one, then the step, in one
+    transaction (executescript would commit the transaction before the step could run)."""
+    assert migration.after is not None
+    try:
+        await conn.execute("BEGIN IMMEDIATE")
+        for statement in split_statements(migration.sql):
+            await conn.execute(statement)
+        await migration.after(conn)
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at)"
+            " VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+            (migration.version, migration.name),
+        )
+        await conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        await _rollback(conn)
+        raise StoreError(f"migration {migration.version} ({migration.name}) failed: {exc}") from exc
+    log.info("store migrated to schema version %d: %s", migration.version, migration.name)
+
+
+def split_statements(script: str) -> list[str]:
+    """The complete SQL statements in `script`, in order (sqlite3 decides where one ends)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        raise ValueError(f"incomplete SQL statement at the end of a migration: {buffer.strip()!r}")
+    return statements

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiosqlite
 import pytest
 
+from coordinator.store.audit_chain import GENESIS_HASH, entry_hash
+from coordinator.store.journal import SqliteJournal
 from coordinator.store.migrations import LATEST_VERSION, MIGRATIONS
 from coordinator.store.sqlite import SqliteStore, StoreError
 
@@ -22,6 +25,9 @@ JOURNAL_TABLES = {
     "audit_events",
     "safety_state",
     "kill_switch_activations",
+    "audit_chain_head",
+    "reconciliation_runs",
+    "reconciliation_corrections",
 }
 
 
@@ -176,3 +182,89 @@ async def test_a_version_1_database_is_migrated_to_the_latest_keeping_its_rows(
     versions = await query(path, "SELECT version FROM schema_migrations ORDER BY version")
     assert versions == [(v.version,) for v in MIGRATIONS]
     assert await query(path, "SELECT COUNT(*) FROM safety_state") == [(0,)]
+
+
+async def test_audit_entries_written_before_version_3_are_chained_by_the_migration(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v2.db"
+    async with aiosqlite.connect(str(path)) as conn:
+        await conn.executescript(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at TEXT NOT NULL);"
+            + MIGRATIONS[0].sql
+            + MIGRATIONS[1].sql
+            + "INSERT INTO schema_migrations VALUES (1, 'v1', '2026-01-01T00:00:00Z');"
+            "INSERT INTO schema_migrations VALUES (2, 'v2', '2026-01-01T00:00:00Z');"
+            "INSERT INTO audit_events (at, actor, action, result) VALUES ('t1', 'a', 'one', 'ok');"
+            "INSERT INTO audit_events (at, actor, action, result) VALUES ('t2', 'b', 'two', 'ok');"
+        )
+
+    await open_and_close(path)
+
+    rows = await query(
+        path,
+        "SELECT id, at, actor, action, subject, reason, result, details, prev_hash, hash"
+        " FROM audit_events ORDER BY id",
+    )
+    assert rows[0][8] == GENESIS_HASH
+    assert rows[0][9] == entry_hash(GENESIS_HASH, rows[0][:8])
+    assert rows[1][8] == rows[0][9]
+    assert rows[1][9] == entry_hash(str(rows[0][9]), rows[1][:8])
+    assert await query(path, "SELECT last_id, last_hash FROM audit_chain_head") == [(2, rows[1][9])]
+
+
+async def test_each_audit_entry_links_to_the_one_before_and_moves_the_head(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "chain.db"
+    store = await SqliteStore.open(path)
+    try:
+        journal = SqliteJournal(store)
+        at = datetime(2026, 11, 23, tzinfo=UTC)
+        for action in ("first", "second", "third"):
+            await journal.audit(actor="test", action=action, result="ok", at=at)
+    finally:
+        await store.close()
+
+    rows = await query(
+        path,
+        "SELECT id, at, actor, action, subject, reason, result, details, prev_hash, hash"
+        " FROM audit_events ORDER BY id",
+    )
+    previous = GENESIS_HASH
+    for row in rows:
+        assert row[8] == previous
+        assert row[9] == entry_hash(previous, row[:8])
+        previous = str(row[9])
+    assert [row[0] for row in rows] == [1, 2, 3]
+    assert await query(path, "SELECT last_id, last_hash FROM audit_chain_head") == [(3, previous)]
+
+
+async def test_an_audit_still_commits_after_a_row_was_inserted_behind_the_chains_back(
+    tmp_path: Path,
+) -> None:
+    """A kill switch activation must be recorded even in a tampered log: the chain carries on
+    from its head, past the foreign row, which --verify-data then names."""
+    path = tmp_path / "foreign.db"
+    store = await SqliteStore.open(path)
+    try:
+        journal = SqliteJournal(store)
+        at = datetime(2026, 11, 23, tzinfo=UTC)
+        await journal.audit(actor="test", action="first", result="ok", at=at)
+        await store.write(
+            [
+                (
+                    "INSERT INTO audit_events (at, actor, action, result) VALUES (?, ?, ?, ?)",
+                    ("t", "intruder", "forged", "ok"),
+                )
+            ]
+        )
+        await journal.audit(actor="test", action="after", result="ok", at=at)
+    finally:
+        await store.close()
+
+    rows = await query(path, "SELECT id, action, prev_hash FROM audit_events ORDER BY id")
+    first_hash = (await query(path, "SELECT hash FROM audit_events WHERE id = 1"))[0][0]
+    assert [(r[0], r[1]) for r in rows] == [(1, "first"), (2, "forged"), (3, "after")]
+    assert rows[2][2] == first_hash
