@@ -459,10 +459,10 @@ class OrderGateway:
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
                 log.info("%s: order %d %s", self.identity.bot, order.client_order_id, reason)
 
-    async def refresh_live_orders(self, detail: str) -> int:
-        """Ask the exchange about every order the journal holds live; returns how many are
-        still unresolved (the exchange could not be asked)."""
-        unresolved = 0
+    async def refresh_live_orders(self, detail: str) -> list[int]:
+        """Ask the exchange about every order the journal holds live; returns the ids still
+        unresolved (the exchange could not be asked)."""
+        unresolved: list[int] = []
         for client_order_id in list(self.book.live_orders):
             order = self.book.live_orders.get(client_order_id)
             if order is None or client_order_id in self._in_flight:
@@ -473,7 +473,7 @@ class OrderGateway:
                 await self._unknown_to_exchange(order, detail)
                 continue
             except ExchangeError as exc:
-                unresolved += 1
+                unresolved.append(client_order_id)
                 log.warning(
                     "%s: could not refresh order %d: %s", self.identity.bot, client_order_id, exc
                 )

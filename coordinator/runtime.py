@@ -418,6 +418,7 @@ class Coordinator:
             "consecutive_crashes": runner.consecutive_crashes,
             "next_restart_at": iso(runner.next_restart_at) if runner.next_restart_at else None,
             "error": runner.last_error,
+            "unresolved_orders": list(runner.unresolved_orders),
             "refusals": dict(book.refusals),
             "last_refusal": book.last_refusal,
             "order_errors": dict(book.errors),
@@ -528,7 +529,8 @@ async def _note_unclean_end(
 async def _resolve_orders_left_live(runner: BotRunner) -> None:
     """Orders the journal holds live from a previous process are settled with the exchange
     before the bot may start. A paper exchange does not survive its process, so its orders are
-    found gone: a pending one is marked failed, an open one cancelled."""
+    found gone: a pending one is marked failed, an open one cancelled. An order the exchange
+    cannot be asked about keeps the bot stopped (`BotRunner.start` asks again)."""
     live = len(runner.parts.book.live_orders)
     if not live:
         return
@@ -538,10 +540,7 @@ async def _resolve_orders_left_live(runner: BotRunner) -> None:
         live,
         runner.parts.adapter.name,
     )
-    unresolved = await runner.gateway().refresh_live_orders("resolved at start-up")
-    if unresolved:
-        runner.last_error = f"{unresolved} order(s) from the previous run could not be resolved"
-        log.error("%s: %s", runner.name, runner.last_error)
+    await runner.resolve_orders_left_live("resolved at start-up")
 
 
 def _decode_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -87,6 +87,9 @@ class BotRunner:
         self._task: asyncio.Task[None] | None = None
         self._gateway: OrderGateway | None = None
         self._background: set[asyncio.Future[None]] = set()
+        # Orders from a previous process the exchange could not be asked about: the bot may
+        # not trade on a book it does not know, so it stays stopped until they are resolved.
+        self.unresolved_orders: list[int] = []
 
     # -- control ---------------------------------------------------------------------------------
 
@@ -106,6 +109,10 @@ class BotRunner:
             except ExchangeError as exc:
                 self.last_error = f"cannot start: {exc}"
                 raise ExchangeUnavailable(f"bot {self.name!r} cannot start: {exc}") from exc
+        if self.unresolved_orders:
+            await self.resolve_orders_left_live("resolved before start")
+            if self.unresolved_orders:
+                raise Conflict(f"bot {self.name!r} cannot start: {self.last_error}")
         if self.state not in STARTABLE:  # another start or a stop came first while we waited
             raise WrongState(
                 f"bot {self.name!r} is {self.state.value}; it was started or stopped "
@@ -123,6 +130,20 @@ class BotRunner:
         self._task = asyncio.create_task(self._supervise(), name=f"bot:{self.name}")
         self._task.add_done_callback(self._on_task_done)
         log.info("%s: starting%s", self.name, " in safe mode" if safe_mode else "")
+
+    async def resolve_orders_left_live(self, detail: str) -> list[int]:
+        """Settle the orders the journal holds live with the exchange; returns those it could
+        not ask about, which keep the bot from starting."""
+        self.unresolved_orders = await self.gateway().refresh_live_orders(detail)
+        if self.unresolved_orders:
+            ids = ", ".join(str(i) for i in self.unresolved_orders)
+            self.last_error = (
+                f"order(s) {ids} left in flight by the previous run could not be resolved with "
+                f"{self.parts.adapter.name}; the bot stays stopped until they are (POST /start "
+                "asks the exchange again; POST /reconcile shows the differences)"
+            )
+            log.error("%s: %s", self.name, self.last_error)
+        return self.unresolved_orders
 
     async def stop(self, reason: str, grace_seconds: float) -> list[str]:
         """Stop ticking, cancel every open order, persist. Returns cancellation errors."""

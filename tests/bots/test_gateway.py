@@ -628,7 +628,7 @@ async def test_a_fill_whose_journal_write_fails_at_submit_is_not_lost(make_rig: 
     assert rig.book.trade_ids == {cid: set()}
 
     rig.journal.fail_updates = False
-    assert await rig.gateway.refresh_live_orders("retry") == 0
+    assert await rig.gateway.refresh_live_orders("retry") == []
 
     assert (await rig.row(cid))["status"] == "filled"
     assert rig.exchange.count("create_order") == 1
@@ -661,7 +661,7 @@ async def test_a_restart_on_a_fresh_exchange_closes_the_orders_it_does_not_know(
 
     unresolved = await after.gateway.refresh_live_orders("restart")
 
-    assert unresolved == 0
+    assert unresolved == []
     rows = await after.rows()
     assert (rows[resting]["status"], rows[resting]["reason"]) == (
         "canceled",
@@ -709,7 +709,7 @@ async def test_a_cancel_during_a_send_waits_for_it_and_cancels_what_the_send_mad
 
     assert (await submit).outcome == "sent"
     assert await cancel is True
-    assert refreshed == 0
+    assert refreshed == []
     assert (await rig.row(cid))["status"] == "canceled"
     assert await rig.paper.fetch_open_orders(SYMBOL) == []
     assert rig.book.live_orders == {}
