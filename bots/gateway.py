@@ -459,6 +459,31 @@ class OrderGateway:
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
                 log.info("%s: order %d %s", self.identity.bot, order.client_order_id, reason)
 
+    @property
+    def book_lock(self) -> asyncio.Lock:
+        """Held while a journal update and the book change together. Reconciliation holds it to
+        correct both without racing a fill being applied."""
+        return self._apply_lock
+
+    def sending(self) -> frozenset[int]:
+        """Client order ids whose create is in flight right now."""
+        return frozenset(self._in_flight)
+
+    async def refresh_order(self, client_order_id: int, detail: str) -> bool:
+        """Bring one live order up to date with the exchange (its status and any fills);
+        False when it is not live here or is being sent. Raises ExchangeError when the
+        exchange cannot be asked."""
+        order = self.book.live_orders.get(client_order_id)
+        if order is None or client_order_id in self._in_flight:
+            return False
+        try:
+            snapshot = await self.adapter.fetch_order(client_order_id, order.symbol)
+        except OrderNotFound:
+            await self._unknown_to_exchange(order, detail)
+            return True
+        await self._apply(client_order_id, snapshot, detail)
+        return True
+
     async def refresh_live_orders(self, detail: str) -> list[int]:
         """Ask the exchange about every order the journal holds live; returns the ids still
         unresolved (the exchange could not be asked)."""

@@ -121,3 +121,22 @@ class Balance:
     @property
     def total(self) -> Decimal:
         return self.free + self.used
+
+
+@dataclass(frozen=True, slots=True)
+class AccountTrade:
+    """One of the account's trades, with the order it belongs to (for reconciliation)."""
+
+    exchange_order_id: str
+    client_order_id: int | None  # None when the venue does not say, or the order is not ours
+    symbol: str
+    side: Side
+    trade: Trade
+
+
+@dataclass(frozen=True, slots=True)
+class MarginPosition:
+    symbol: str
+    side: str  # "long" or "short"
+    amount: Decimal
+    unrealized_pnl: Decimal | None

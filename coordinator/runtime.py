@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,13 @@ from bots.exchanges.paper import PaperExchange
 from bots.ids import ClientOrderIds
 from coordinator import __version__
 from coordinator.accounts import Accounts
+from coordinator.backups.service import BackupService
 from coordinator.config.models import CoordinatorConfig, MarketDataSource
 from coordinator.errors import CoordinatorError, ShuttingDown, WrongState
 from coordinator.failover import EndpointFailover
 from coordinator.health import HealthMonitor, Probe
 from coordinator.lifecycle import BotState
+from coordinator.reconcile.reconciler import Reconciler
 from coordinator.safety.kill_switch import KillSwitch, Trigger
 from coordinator.safety.layer import SafetyLayer
 from coordinator.store.journal import SqliteJournal, iso
@@ -64,6 +66,12 @@ class Coordinator:
         self.accepting = True
         self.accounts: Accounts | None = None
         self.health: HealthMonitor | None = None
+        self.backups: BackupService | None = None  # with a backup dir (coordinator/backups)
+        self.reconciler = Reconciler(
+            supervisor.runners, store, config.recovery.reconciliation, clock
+        )
+        self._reconcile_task: asyncio.Task[None] | None = None
+        self.next_reconciliation_at: datetime | None = None
         # Cancellations a kill switch started and did not finish before answering.
         self._background: set[asyncio.Task[Any]] = set()
         self.kill_switch.halt = self.halt_all
@@ -76,6 +84,7 @@ class Coordinator:
         clock: Callable[[], datetime] | None = None,
         max_batch_jobs: int = MAX_BATCH_JOBS,
         accounts: Accounts | None = None,
+        backup_dir: Path | None = None,
     ) -> Coordinator:
         clock = clock or (lambda: datetime.now(UTC))
         store = await SqliteStore.open(data_dir / DATABASE_FILE, max_batch_jobs)
@@ -128,6 +137,12 @@ class Coordinator:
             failovers=coordinator.endpoint_failovers(runners.values()),
         )
         coordinator.health.start()
+        if backup_dir is not None:  # scheduled and on-demand backups of config and journal
+            coordinator.backups = BackupService(
+                config.recovery.backups, config.source_dir, backup_dir, store.path, clock, journal
+            )
+            await coordinator.backups.start()
+        coordinator._start_reconcile_schedule()
         safety.start_watch(
             lambda: supervisor.runners.values(),
             lambda reason, trigger: coordinator.activate_kill_switch(
@@ -299,6 +314,79 @@ class Coordinator:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    # -- reconciliation --------------------------------------------------------------------------
+
+    async def reconcile(
+        self, bot: str | None, apply: bool, actor: str, trigger: str = "request"
+    ) -> dict[str, Any]:
+        """Compare the journal with the exchanges (and, with apply, correct the journal)."""
+
+        async def run() -> dict[str, Any]:
+            return (await self.reconciler.run(bot, apply, actor, trigger)).as_dict()
+
+        result: dict[str, Any] = await self._audited(
+            actor,
+            "reconcile.apply" if apply else "reconcile.report",
+            bot or "all bots",
+            run,
+            {"bot": bot, "apply": apply, "trigger": trigger},
+        )
+        return result
+
+    async def scheduled_reconciliation(self) -> dict[str, Any]:
+        """What the schedule runs: orders a previous run left unresolved are asked about again
+        (a bot kept stopped by them may then be started), then every bot is reconciled."""
+        for runner in self.supervisor.runners.values():
+            if runner.unresolved_orders and runner.state in (BotState.STOPPED, BotState.CRASHED):
+                await runner.resolve_orders_left_live("resolved by a scheduled reconciliation")
+                if not runner.unresolved_orders:
+                    runner.last_error = None
+                    log.info("%s: orders from the previous run are resolved", runner.name)
+        settings = self.config.recovery.reconciliation
+        return await self.reconcile(None, settings.apply_on_schedule, "schedule", "schedule")
+
+    def _start_reconcile_schedule(self) -> None:
+        minutes = self.config.recovery.reconciliation.interval_minutes
+        if minutes > 0:
+            self._reconcile_task = asyncio.create_task(
+                self._reconcile_every(minutes * 60), name="reconcile-schedule"
+            )
+
+    async def _reconcile_every(self, seconds: float) -> None:
+        while True:
+            self.next_reconciliation_at = self.clock() + timedelta(seconds=seconds)
+            await asyncio.sleep(seconds)
+            try:
+                await self.scheduled_reconciliation()
+            except CoordinatorError as exc:
+                log.warning("scheduled reconciliation refused: %s", exc.message)
+            except Exception:
+                # The schedule must outlive one bad run; the error is in the log and the audit.
+                log.exception("scheduled reconciliation failed")
+
+    def _reconciliation_status(self) -> dict[str, Any]:
+        last = self.reconciler.last
+        settings = self.config.recovery.reconciliation
+        status: dict[str, Any] = {
+            "interval_minutes": settings.interval_minutes,
+            "apply_on_schedule": settings.apply_on_schedule,
+            "next_at": iso(self.next_reconciliation_at) if self.next_reconciliation_at else None,
+            "last": None,
+        }
+        if last is not None:
+            status["last"] = {
+                "run_id": last.run_id,
+                "at": iso(last.finished_at),
+                "trigger": last.trigger,
+                "applied": last.applied,
+                "clean": last.clean,
+                "differences": last.differences,
+                "corrections": last.corrections,
+                "remaining": last.remaining,
+                "errors": last.errors,
+            }
+        return status
+
     async def halt_all(self, reason: str) -> None:
         """Halt every bot at once: ticks cancelled, then every open order cancelled. Waits up to
         HALT_WAIT_SECONDS; cancellations still running then go on in the background."""
@@ -344,6 +432,8 @@ class Coordinator:
             result = "ok"
             if isinstance(outcome, dict) and action == "bots.start_sequential":
                 details = {**details, "outcome": outcome}
+            if isinstance(outcome, dict) and action.startswith("reconcile."):
+                details = {**details, "run_id": outcome["run_id"], **outcome["summary"]}
         finally:
             await self.journal.audit(
                 actor=actor,
@@ -365,6 +455,8 @@ class Coordinator:
             "bots": [self.bot_status(r) for r in self.supervisor.runners.values()],
             "circuit_breaker": self.safety.status(),
             "exchanges": self.health.status() if self.health is not None else {},
+            "backups": self.backups.status() if self.backups is not None else None,
+            "reconciliation": self._reconciliation_status(),
             "coordinator": {
                 "version": __version__,
                 "started_at": iso(self.started_at),
@@ -432,10 +524,15 @@ class Coordinator:
     ) -> None:
         """Stop taking actions, stop every bot (cancelling open orders), then close everything."""
         self.accepting = False
+        if self._reconcile_task is not None:
+            self._reconcile_task.cancel()
+            await asyncio.gather(self._reconcile_task, return_exceptions=True)
         await self.safety.stop_watch()
         if self.health is not None:
             await self.health.stop()
         errors = await self.supervisor.stop_all(reason, grace_seconds)
+        if self.backups is not None:  # before the store closes: a backup audits into it
+            await self.backups.stop()
         if self._background:
             await asyncio.wait(self._background, timeout=grace_seconds or 1.0)
         await self.safety.flush()

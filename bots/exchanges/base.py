@@ -6,9 +6,17 @@ gateway, the journal and the safety layer do not know which one they drive.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from bots.models import Balance, MarketSnapshot, OrderRequest, OrderSnapshot
+from bots.models import (
+    AccountTrade,
+    Balance,
+    MarginPosition,
+    MarketSnapshot,
+    OrderRequest,
+    OrderSnapshot,
+)
 
 
 @runtime_checkable
@@ -37,3 +45,19 @@ class ExchangeAdapter(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReconcilableExchange(Protocol):
+    """What reconciliation reads beyond the order path: the account's own trade history and,
+    where the venue has them, positions. Both adapters implement it."""
+
+    # Trades before this moment are unknown to the venue (a paper exchange starts empty with
+    # its process); None when the venue keeps the account's whole history.
+    history_since: datetime | None
+
+    async def fetch_my_trades(
+        self, symbol: str, since: datetime | None = None
+    ) -> list[AccountTrade]: ...
+
+    async def fetch_positions(self) -> list[MarginPosition]: ...

@@ -39,11 +39,13 @@ from bots.errors import (
 )
 from bots.exchanges import ccxt_orders as parse
 from bots.exchanges.ccxt_errors import translate_ccxt_error
-from bots.exchanges.ccxt_orders import TERMINAL, AccountTrade, MarginPosition, VenueStatus
+from bots.exchanges.ccxt_orders import TERMINAL, VenueStatus
 from bots.feeds.ccxt_public import CcxtPublicFeed
 from bots.models import (
+    AccountTrade,
     Balance,
     ExchangeOrderStatus,
+    MarginPosition,
     MarketSnapshot,
     OrderRequest,
     OrderSnapshot,
@@ -212,6 +214,7 @@ class CcxtExchange:
         self.venue = str(getattr(client, "id", "exchange"))
         self._clock = clock or _utc_now
         self._exchange_ids: OrderedDict[int, str] = OrderedDict()
+        self.history_since: datetime | None = None  # the venue keeps the account's history
         install_response_guard(client)
 
     # ----- ExchangeAdapter ----------------------------------------------------------------

@@ -22,7 +22,18 @@ from typing import Any
 
 from bots.errors import ExchangeError, OrderRejected, TransientExchangeError
 from bots.ids import MAX_CLIENT_ORDER_ID
-from bots.models import Balance, ExchangeOrderStatus, OrderSnapshot, OrderType, Side, Trade
+from bots.models import (
+    AccountTrade,
+    Balance,
+    ExchangeOrderStatus,
+    MarginPosition,
+    OrderSnapshot,
+    OrderType,
+    Side,
+    Trade,
+)
+
+__all__ = ["AccountTrade", "MarginPosition"]
 
 _STATUSES = {
     "open": ExchangeOrderStatus.OPEN,
@@ -39,25 +50,6 @@ _BALANCE_META = frozenset({"info", "timestamp", "datetime", "free", "used", "tot
 _REASON_KEYS = ("reason", "RejectReason", "CancelReason")
 _KRAKEN_ID = re.compile(r"x([0-9a-f]{16})")
 _DECIMAL_ID = re.compile(r"[0-9]{1,19}")
-
-
-@dataclass(frozen=True, slots=True)
-class AccountTrade:
-    """One of the account's trades, with the order it belongs to (for reconciliation)."""
-
-    exchange_order_id: str
-    client_order_id: int | None  # None when the venue does not say, or the order is not ours
-    symbol: str
-    side: Side
-    trade: Trade
-
-
-@dataclass(frozen=True, slots=True)
-class MarginPosition:
-    symbol: str
-    side: str  # "long" or "short"
-    amount: Decimal
-    unrealized_pnl: Decimal | None
 
 
 @dataclass(frozen=True, slots=True)

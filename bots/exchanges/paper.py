@@ -28,8 +28,10 @@ from bots.errors import (
     TransientExchangeError,
 )
 from bots.models import (
+    AccountTrade,
     Balance,
     ExchangeOrderStatus,
+    MarginPosition,
     MarketSnapshot,
     OrderRequest,
     OrderSnapshot,
@@ -130,6 +132,7 @@ class PaperExchange:
         self._market: MarketSnapshot | None = None
         self._order_seq = 0
         self._trade_seq = 0
+        self._trade_log: list[AccountTrade] = []  # every fill, in the order it happened
         self._reject_next = 0
         self._reject_reason = ""
         self._fail_next = 0
@@ -137,6 +140,9 @@ class PaperExchange:
         self._refuse_next = 0
         self._refuse_reason = ""
         self._partial_ratio = Decimal(1)
+        # The paper account's history starts with this object: trades of an earlier process
+        # are known to the journal only.
+        self.history_since: datetime | None = self._clock()
 
     # ----- drills -------------------------------------------------------------------------
 
@@ -166,6 +172,14 @@ class PaperExchange:
         self._partial_ratio = ratio
 
     # ----- ExchangeAdapter ----------------------------------------------------------------
+
+    def move_funds(self, asset: str, amount: Decimal) -> None:
+        """Drill: money moves outside the bots (a deposit, a withdrawal, a fee they did not see),
+        so the account no longer matches the journal. Reconciliation must find it."""
+        total = self._totals.get(asset, Decimal(0)) + amount
+        if total < 0:
+            raise ValueError(f"{asset}: a move of {amount} would leave {total}")
+        self._totals[asset] = total
 
     async def create_order(self, request: OrderRequest) -> OrderSnapshot:
         if self._refuse_next:
@@ -203,6 +217,20 @@ class PaperExchange:
             asset: Balance(asset=asset, free=total - used[asset], used=used[asset])
             for asset, total in self._totals.items()
         }
+
+    async def fetch_my_trades(
+        self, symbol: str, since: datetime | None = None
+    ) -> list[AccountTrade]:
+        """Every trade of this account on `symbol` (since `since`), oldest first."""
+        return [
+            t
+            for t in self._trade_log
+            if t.symbol == symbol and (since is None or t.trade.timestamp >= since)
+        ]
+
+    async def fetch_positions(self) -> list[MarginPosition]:
+        """A spot paper account has no margin positions."""
+        return []
 
     async def on_market(self, snapshot: MarketSnapshot) -> None:
         """Store the snapshot and fill resting limit orders it crosses, at their limit price."""
@@ -341,14 +369,22 @@ class PaperExchange:
             if order.request.type is OrderType.LIMIT:
                 order.reserved -= amount
         self._trade_seq += 1
-        order.trades.append(
-            Trade(
-                trade_id=f"{self.name}-t{self._trade_seq}",
-                amount=amount,
-                price=price,
-                fee=fee,
-                fee_currency=self.quote,
-                timestamp=self._clock(),
+        trade = Trade(
+            trade_id=f"{self.name}-t{self._trade_seq}",
+            amount=amount,
+            price=price,
+            fee=fee,
+            fee_currency=self.quote,
+            timestamp=self._clock(),
+        )
+        order.trades.append(trade)
+        self._trade_log.append(
+            AccountTrade(
+                order.exchange_order_id,
+                order.client_order_id,
+                order.request.symbol,
+                order.request.side,
+                trade,
             )
         )
         order.filled += amount

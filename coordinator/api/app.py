@@ -16,11 +16,13 @@ from coordinator.api.requests import (
     EmptyRequest,
     KillSwitchRequest,
     PaperDrillRequest,
+    ReconcileRequest,
     StartRequest,
     StopRequest,
     parse_body,
 )
-from coordinator.errors import BadRequest, Forbidden, Unauthorized
+from coordinator.errors import BadRequest, Forbidden, NotFound, ShuttingDown, Unauthorized
+from coordinator.reconcile.model import render_table
 from coordinator.runtime import Coordinator
 
 COORDINATOR = web.AppKey("coordinator", Coordinator)
@@ -32,7 +34,7 @@ ADMIN = "admin-token"
 LOOPBACK = "loopback"
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Endpoints that decide about credentials themselves (stopping is allowed without a token).
-_OWN_AUTH = frozenset({"/kill-switch"})
+_OWN_AUTH = frozenset({"/kill-switch", "/reconcile"})
 
 
 def make_app(
@@ -53,7 +55,11 @@ def make_app(
     app.router.add_get("/breakers", get_breakers)
     app.router.add_post("/breakers/reset", post_breaker_reset)
     app.router.add_get("/kill-switch", get_kill_switch)
+    app.router.add_get("/reconcile", get_reconcile)
+    app.router.add_post("/reconcile", post_reconcile)
     app.router.add_post("/kill-switch", post_kill_switch)
+    app.router.add_get("/backups", get_backups)
+    app.router.add_post("/backups", post_backups)
     return app
 
 
@@ -190,3 +196,62 @@ async def post_breaker_reset(request: web.Request) -> web.Response:
         body.name, who, body.approved_by, body.reason
     )
     return web.json_response(result)
+
+
+async def get_backups(request: web.Request) -> web.Response:
+    """Every backup, newest first (time, size, files, verified, latest); `?verify=true` checks
+    the hashes of those not checked yet (a result is kept per archive)."""
+    raw = request.query.get("verify", "false")
+    if raw not in ("true", "false"):
+        raise BadRequest(f"verify: must be 'true' or 'false', got {raw!r}")
+    service = request.app[COORDINATOR].backups
+    if service is None:
+        raise NotFound("backups are off: this coordinator was started without a backup dir")
+    return web.json_response(await service.listing(verify=raw == "true"))
+
+
+async def post_backups(request: web.Request) -> web.Response:
+    """Take a backup now (config and database); audited. 500 backup_failed says why not."""
+    await parse_body(request, EmptyRequest)
+    coordinator = request.app[COORDINATOR]
+    if coordinator.backups is None:
+        raise NotFound("backups are off: this coordinator was started without a backup dir")
+    if not coordinator.accepting:
+        raise ShuttingDown("the coordinator is shutting down; no backup is taken")
+    result = await coordinator.backups.backup_now("api", _credential(request) or OPERATOR)
+    return web.json_response(result)
+
+
+async def post_reconcile(request: web.Request) -> web.Response:
+    """A report needs no token (it only reads); applying corrections does, and is audited.
+    `?format=table` answers the report as text for a terminal."""
+    body = await parse_body(request, ReconcileRequest)
+    table = _wants_table(request)
+    who = _credential(request)
+    if body.apply and who is None:
+        raise Unauthorized(
+            f"apply needs 'Authorization: Bearer <token>'; the token is in "
+            f"{request.app[TOKEN].where()}"
+        )
+    report = await request.app[COORDINATOR].reconcile(body.bot, body.apply, who or LOOPBACK)
+    if table:
+        return web.Response(text=render_table(report) + "\n", content_type="text/plain")
+    return web.json_response(report)
+
+
+async def get_reconcile(request: web.Request) -> web.Response:
+    """The newest report of this process and the recent runs (any process) from the journal."""
+    coordinator = request.app[COORDINATOR]
+    last = coordinator.reconciler.last
+    runs = await coordinator.reconciler.records.recent_runs(20)
+    if _wants_table(request):
+        text = render_table(last.as_dict()) if last else "no reconciliation in this process yet"
+        return web.Response(text=text + "\n", content_type="text/plain")
+    return web.json_response({"last": last.as_dict() if last else None, "runs": runs})
+
+
+def _wants_table(request: web.Request) -> bool:
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "table"):
+        raise BadRequest(f"format: must be 'json' or 'table', got {fmt!r}")
+    return fmt == "table"

@@ -56,6 +56,13 @@ class PaperDrillRequest(_Body):
     partial_fill_ratio: Decimal | None = Field(default=None, gt=0, le=1)
 
 
+class ReconcileRequest(_Body):
+    """Compare the journal with the exchanges; `apply` corrects the journal (needs the token)."""
+
+    bot: str | None = Field(default=None, min_length=1, max_length=64)
+    apply: StrictBool = False
+
+
 async def parse_body(request: web.Request, model: type[Model]) -> Model:
     raw = await request.read()
     data: Any = {}

@@ -166,6 +166,9 @@ async def test_every_post_route_needs_the_token(
     # machine (stopping is always allowed); its override actions check tokens themselves
     # (tests/coordinator/api/test_kill_switch_api.py).
     posts.remove("/kill-switch")
+    # And a reconciliation report only reads; applying one needs the token
+    # (tests/coordinator/api/test_reconcile_api.py).
+    posts.remove("/reconcile")
 
     for path in posts:
         error = await error_of(await client.post(path, json={"bot": "ndax"}), 401)

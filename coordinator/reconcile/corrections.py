@@ -1,0 +1,320 @@
+"""Applying a reconciliation: the journal is corrected to match the exchange, entry by entry.
+
+Nothing is overwritten in silence. Each correction is a `reconciliation_corrections` row in the
+same commit as the change it makes, and the changed rows name it:
+- an order the journal still holds live is brought up to date by the bot's own gateway (the
+  path every fill takes), its events saying "reconciliation correction #id";
+- an order the journal finished (failed, cancelled) that the exchange has open or filled gets
+  the exchange's status and its missing fills, in one commit;
+- the position and balances are then recomputed from the journal's fills and adjustments, and
+  stored if they differ (one correction, with the before and after);
+- a balance the exchange still reports differently becomes a `balance_adjustments` entry.
+
+Book changes happen under the gateway's book lock, so a fill the gateway applies meanwhile
+waits: the book and the journal never disagree. Nothing here sends or cancels an order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
+
+from bots.book import BotBook
+from bots.errors import ExchangeError
+from bots.gateway import OrderGateway
+from bots.journal import FillRecord, JournalOrder, OrderStatus
+from bots.ledger import Position, replay
+from bots.models import AccountTrade, ExchangeOrderStatus, OrderSnapshot
+from coordinator.reconcile.compare import BotContext, ExchangeView
+from coordinator.reconcile.model import Correction, Difference, Kind
+from coordinator.store.reconciliation import CorrectionRow, JournalFill, ReconciliationStore
+
+log = logging.getLogger(__name__)
+
+_STATUS = {
+    ExchangeOrderStatus.OPEN: OrderStatus.OPEN,
+    ExchangeOrderStatus.CLOSED: OrderStatus.FILLED,
+    ExchangeOrderStatus.CANCELED: OrderStatus.CANCELED,
+    ExchangeOrderStatus.REJECTED: OrderStatus.REJECTED,
+}
+_ORDER_KINDS = frozenset(
+    {
+        Kind.MISSING_FILL,
+        Kind.ORDER_OPEN_ON_EXCHANGE,
+        Kind.ORDER_NOT_ACKNOWLEDGED,
+        Kind.ORDER_CLOSED_ON_EXCHANGE,
+        Kind.ORDER_UNKNOWN_TO_EXCHANGE,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BotTarget:
+    ctx: BotContext
+    gateway: OrderGateway
+    book: BotBook
+
+
+class Corrector:
+    """Writes one run's corrections; ids are allocated here, in order."""
+
+    def __init__(
+        self,
+        store: ReconciliationStore,
+        run_id: int,
+        first_id: int,
+        clock: Callable[[], datetime],
+        tolerance: Callable[[Decimal], Decimal],
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self._next_id = first_id
+        self._clock = clock
+        self._tolerance = tolerance
+
+    async def apply(
+        self, target: BotTarget, differences: Sequence[Difference], exchange: ExchangeView
+    ) -> tuple[list[Correction], list[str]]:
+        corrections: list[Correction] = []
+        errors: list[str] = []
+        by_order: dict[int, list[Difference]] = {}
+        for d in differences:
+            if d.correctable and d.kind in _ORDER_KINDS and d.client_order_id is not None:
+                by_order.setdefault(d.client_order_id, []).append(d)
+        for cid, diffs in by_order.items():
+            if cid in target.book.live_orders:
+                correction = await self._through_gateway(target, cid, diffs, errors)
+                if correction is not None:
+                    corrections.append(correction)
+        async with target.gateway.book_lock:
+            finished = {c: d for c, d in by_order.items() if c not in target.book.live_orders}
+            if finished:
+                corrections += await self._finished_orders(target, finished)
+            book = await self._recompute_book(target)
+            if book is not None:
+                corrections.append(book)
+            corrections += await self._balances(target, differences, exchange)
+        return corrections, errors
+
+    # -- orders ------------------------------------------------------------------------------
+
+    async def _through_gateway(
+        self, target: BotTarget, cid: int, diffs: list[Difference], errors: list[str]
+    ) -> Correction | None:
+        """A live order: the gateway asks the exchange and records what it says."""
+        row = self._row(
+            target.ctx.bot,
+            diffs[0].kind,
+            f"order {cid}",
+            diffs[0].journal,
+            diffs[0].exchange,
+            "brought up to date from the exchange by the bot's order gateway",
+        )
+        try:
+            changed = await target.gateway.refresh_order(cid, row.tag)
+        except ExchangeError as exc:
+            errors.append(f"order {cid}: could not ask {target.gateway.adapter.name}: {exc}")
+            return None
+        if not changed:
+            return None  # resolved (or being sent) meanwhile: nothing of ours to record
+        after = target.book.live_orders.get(cid)
+        action = f"{row.action}; now {after.status.value if after else 'finished'}"
+        row = replace(row, action=action)
+        await self.store.record(row)
+        return _correction(row)
+
+    async def _finished_orders(
+        self, target: BotTarget, finished: dict[int, list[Difference]]
+    ) -> list[Correction]:
+        ctx = target.ctx
+        view = await self.store.journal_view(ctx.bot, self._clock(), client_order_ids=finished)
+        corrections = []
+        for cid, diffs in finished.items():
+            before = view.orders.get(cid)
+            if before is None:
+                continue
+            have = {t for (c, t) in view.fills if c == cid}
+            snapshot = next((d.snapshot for d in diffs if d.snapshot is not None), None)
+            trades = _trades_of(before, snapshot, [d.trade for d in diffs if d.trade])
+            fills = [
+                _fill(before, account_trade)
+                for account_trade in trades
+                if account_trade.trade.trade_id not in have
+            ]
+            after = _corrected(before, snapshot, view.fills, fills, trades)
+            if after == before and not fills:
+                continue
+            row = self._row(
+                ctx.bot,
+                diffs[0].kind,
+                f"order {cid}",
+                diffs[0].journal,
+                diffs[0].exchange,
+                _describe(before, after, fills),
+            )
+            await self.store.correct_order(row, before, after, fills)
+            if not after.is_terminal:
+                target.book.live_orders[cid] = after
+                target.book.trade_ids[cid] = have | {f.trade_id for f in fills}
+            target.book.fills_count += len(fills)
+            corrections.append(_correction(row))
+            log.warning("%s: %s: order %d: %s", ctx.bot, row.tag, cid, row.action)
+        return corrections
+
+    # -- the book and balances -----------------------------------------------------------------
+
+    async def _recompute_book(self, target: BotTarget) -> Correction | None:
+        """The position and balances the fills and adjustments add up to, if the stored ones
+        differ (a fill recorded above, or a book edited by hand)."""
+        ctx = target.ctx
+        adjustments, ledger = await self.store.ledger(ctx.bot)
+        position, balances = replay(ledger, adjustments, ctx.base, ctx.quote)
+        book = target.book
+        if position == book.position and balances == book.balances:
+            return None
+        stale = sorted(set(book.balances) - set(balances))
+        row = self._row(
+            ctx.bot,
+            "book",
+            "position and balances",
+            _show_book(book.position, book.balances),
+            _show_book(position, balances),
+            "recomputed from the journal's fills and balance adjustments",
+        )
+        await self.store.write_book(row, ctx.bot, ctx.symbol, position, balances, stale)
+        book.position = position
+        book.balances = dict(balances)
+        return _correction(row)
+
+    async def _balances(
+        self, target: BotTarget, differences: Sequence[Difference], exchange: ExchangeView
+    ) -> list[Correction]:
+        corrections = []
+        for d in differences:
+            if d.kind is not Kind.BALANCE_DRIFT or not d.correctable or d.asset is None:
+                continue
+            held = exchange.balances.get(d.asset)
+            on_exchange = held.total if held is not None else Decimal(0)
+            in_journal = target.book.balances.get(d.asset, Decimal(0))
+            change = on_exchange - in_journal
+            if abs(change) <= self._tolerance(on_exchange):
+                continue  # the fills recorded above explained it
+            row = self._row(
+                target.ctx.bot,
+                Kind.BALANCE_DRIFT,
+                d.subject,
+                str(in_journal),
+                str(on_exchange),
+                f"adjustment of {change:+} {d.asset} to the exchange's balance",
+            )
+            await self.store.adjust_balance(row, target.ctx.bot, d.asset, change, on_exchange)
+            target.book.balances[d.asset] = on_exchange
+            corrections.append(_correction(row))
+            log.warning("%s: %s: %s", target.ctx.bot, row.tag, row.action)
+        return corrections
+
+    def _row(
+        self, bot: str, kind: str, subject: str, journal: str, exchange: str, action: str
+    ) -> CorrectionRow:
+        row = CorrectionRow(
+            self._next_id,
+            self.run_id,
+            self._clock(),
+            bot,
+            str(kind),
+            subject,
+            journal,
+            exchange,
+            action,
+        )
+        self._next_id += 1
+        return row
+
+
+def _trades_of(
+    order: JournalOrder, snapshot: OrderSnapshot | None, account_trades: list[AccountTrade]
+) -> list[AccountTrade]:
+    """The order's trades the exchange showed, from its snapshot and its trade history."""
+    found = {t.trade.trade_id: t for t in account_trades}
+    if snapshot is not None:
+        for trade in snapshot.trades:
+            found.setdefault(
+                trade.trade_id,
+                AccountTrade(
+                    snapshot.exchange_order_id,
+                    order.client_order_id,
+                    order.symbol,
+                    order.side,
+                    trade,
+                ),
+            )
+    return sorted(found.values(), key=lambda t: (t.trade.timestamp, t.trade.trade_id))
+
+
+def _fill(order: JournalOrder, account_trade: AccountTrade) -> FillRecord:
+    t = account_trade.trade
+    return FillRecord(
+        order.client_order_id,
+        order.bot,
+        t.trade_id,
+        order.side,
+        t.amount,
+        t.price,
+        t.fee,
+        t.fee_currency,
+        t.timestamp,
+    )
+
+
+def _corrected(
+    before: JournalOrder,
+    snapshot: OrderSnapshot | None,
+    fills: dict[tuple[int, str], JournalFill],
+    new: list[FillRecord],
+    trades: list[AccountTrade],
+) -> JournalOrder:
+    cid = before.client_order_id
+    filled = sum((f.amount for (c, _), f in fills.items() if c == cid), Decimal(0))
+    filled += sum((f.amount for f in new), Decimal(0))
+    if snapshot is not None:
+        status = _STATUS[snapshot.status]
+        exchange_order_id: str | None = snapshot.exchange_order_id
+    else:
+        # Not open on the exchange (or it would have a snapshot), and it traded: finished.
+        status = before.status
+        if before.status is OrderStatus.FAILED and filled > 0:
+            status = OrderStatus.FILLED if filled >= before.amount else OrderStatus.CANCELED
+        exchange_order_id = trades[0].exchange_order_id if trades else None
+    return replace(
+        before,
+        status=status,
+        filled=filled,
+        exchange_order_id=exchange_order_id or before.exchange_order_id,
+    )
+
+
+def _describe(before: JournalOrder, after: JournalOrder, fills: list[FillRecord]) -> str:
+    parts = []
+    if after.status is not before.status:
+        parts.append(f"status {before.status.value} -> {after.status.value}")
+    if fills:
+        amount = sum((f.amount for f in fills), Decimal(0))
+        parts.append(f"{len(fills)} missing fill(s) recorded ({amount} filled)")
+    if after.exchange_order_id != before.exchange_order_id:
+        parts.append(f"exchange order id {after.exchange_order_id}")
+    return "; ".join(parts) or "no change"
+
+
+def _show_book(position: Position, balances: dict[str, Decimal]) -> str:
+    shown = ", ".join(f"{asset} {amount}" for asset, amount in sorted(balances.items()))
+    return (
+        f"position {position.base} @ {position.avg_entry_price} (realized "
+        f"{position.realized_pnl}, fees {position.fees_paid}); balances {shown}"
+    )
+
+
+def _correction(row: CorrectionRow) -> Correction:
+    return Correction(row.id, row.bot, row.kind, row.subject, row.journal, row.exchange, row.action)

@@ -1,0 +1,260 @@
+"""Reconciliation runs: read each bot's exchange, then its journal, compare, and (with apply)
+correct the journal. One run at a time; each is a `reconciliation_runs` row with its report.
+
+Reading never sends or cancels anything, so a report is safe at any time, kill switch or not.
+On a running bot a fill can land between the two reads; the comparison is built to lean towards
+"not a difference" in that race (see `compare`), and applying goes through the gateway's lock.
+For an exact picture, stop the bot (or activate the kill switch) first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from bots.errors import ExchangeError, OrderNotFound
+from bots.exchanges.base import ReconcilableExchange
+from bots.journal import OrderStatus
+from bots.models import OrderSnapshot
+from coordinator.config.models import BotConfig, ReconciliationSettings
+from coordinator.errors import UnknownBot
+from coordinator.lifecycle import BotState
+from coordinator.reconcile.compare import BotContext, ExchangeView, compare
+from coordinator.reconcile.corrections import BotTarget, Corrector
+from coordinator.reconcile.model import BotReconciliation, Difference, ReconciliationReport
+from coordinator.store.reconciliation import JournalView, ReconciliationStore
+from coordinator.store.sqlite import SqliteStore
+from coordinator.supervisor import BotRunner
+from coordinator.wiring import trades_on_exchange
+
+log = logging.getLogger(__name__)
+
+# Orders the journal calls failed that are looked up when the exchange shows a trade or an open
+# order it cannot place: the newest this many.
+MAX_FAILED_LOOKUPS = 20
+_ACTIVE = frozenset({BotState.STARTING, BotState.RUNNING})
+
+
+def account_of(bot: BotConfig) -> str:
+    if trades_on_exchange(bot):
+        return f"{bot.exchange} key ${bot.credentials.api_key_env}"
+    return f"paper account of {bot.name}"
+
+
+class Reconciler:
+    def __init__(
+        self,
+        runners: Mapping[str, BotRunner],
+        store: SqliteStore,
+        settings: ReconciliationSettings,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.runners = runners
+        self.records = ReconciliationStore(store)
+        self.settings = settings
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self.last: ReconciliationReport | None = None
+
+    async def run(
+        self, bot: str | None, apply: bool, actor: str, trigger: str
+    ) -> ReconciliationReport:
+        if bot is not None and bot not in self.runners:
+            raise UnknownBot(bot, list(self.runners))
+        names = [bot] if bot is not None else list(self.runners)
+        async with self._lock:
+            run_id, first_correction = await self.records.next_ids()
+            started = self._clock()
+            await self.records.begin_run(run_id, started, actor, trigger, apply, names)
+            corrector = (
+                Corrector(self.records, run_id, first_correction, self._clock, self._tolerance)
+                if apply
+                else None
+            )
+            results = [await self._bot(self.runners[name], corrector) for name in names]
+            report = ReconciliationReport(
+                run_id, started, self._clock(), actor, trigger, apply, results
+            )
+            await self.records.finish_run(
+                run_id,
+                report.finished_at,
+                report.differences,
+                report.corrections,
+                report.as_dict(),
+            )
+        self.last = report
+        _log_report(report)
+        return report
+
+    def _tolerance(self, amount: Decimal) -> Decimal:
+        return self.settings.tolerance(amount)
+
+    async def _bot(self, runner: BotRunner, corrector: Corrector | None) -> BotReconciliation:
+        ctx = self._context(runner)
+        result = BotReconciliation(
+            ctx.bot, ctx.exchange, ctx.account, running=runner.state in _ACTIVE
+        )
+        since = self._clock() - timedelta(hours=self.settings.trade_lookback_hours)
+        result.trades_compared_since = max(since, ctx.history_since) if ctx.history_since else since
+        found = await self._compare(runner, ctx, since, result.errors)
+        if found is None:
+            return result
+        result.differences, exchange = found
+        if corrector is None:
+            return result
+        if any(d.correctable for d in result.differences):
+            target = BotTarget(ctx, runner.gateway(), runner.parts.book)
+            corrections, errors = await corrector.apply(target, result.differences, exchange)
+            result.corrections, result.errors = corrections, result.errors + errors
+            again = await self._compare(runner, ctx, since, result.errors)
+            result.remaining = again[0] if again is not None else result.differences
+        else:
+            result.remaining = list(result.differences)
+        return result
+
+    async def _compare(
+        self, runner: BotRunner, ctx: BotContext, since: datetime, errors: list[str]
+    ) -> tuple[list[Difference], ExchangeView] | None:
+        adapter = runner.parts.adapter
+        try:
+            exchange = await _read_exchange(runner, since, self._clock)
+        except ExchangeError as exc:
+            errors.append(f"could not read {adapter.name}: {exc}")
+            log.error("%s: reconciliation could not read %s: %s", ctx.bot, adapter.name, exc)
+            return None
+        journal = await self.records.journal_view(
+            ctx.bot,
+            since,
+            client_order_ids=[o.client_order_id for o in exchange.open_orders if o.client_order_id]
+            + [t.client_order_id for t in exchange.trades if t.client_order_id],
+            exchange_order_ids=[o.exchange_order_id for o in exchange.open_orders]
+            + [t.exchange_order_id for t in exchange.trades],
+        )
+        sending = runner.gateway().sending()
+        await _look_up(runner, journal, exchange, sending, errors)
+        differences = compare(
+            ctx, journal, exchange, self._account_balances(ctx), self._tolerance, sending
+        )
+        return differences, exchange
+
+    def _context(self, runner: BotRunner) -> BotContext:
+        config = runner.parts.config
+        account = account_of(config)
+        sharing = tuple(
+            name for name, r in self.runners.items() if account_of(r.parts.config) == account
+        )
+        adapter = runner.parts.adapter
+        history = adapter.history_since if isinstance(adapter, ReconcilableExchange) else None
+        return BotContext(
+            config.name,
+            config.exchange,
+            config.symbol,
+            config.base_asset,
+            config.quote_asset,
+            account,
+            sharing,
+            history,
+        )
+
+    def _account_balances(self, ctx: BotContext) -> dict[str, Decimal]:
+        total: dict[str, Decimal] = {}
+        for name in ctx.account_bots:
+            for asset, amount in self.runners[name].parts.book.balances.items():
+                total[asset] = total.get(asset, Decimal(0)) + amount
+        return total
+
+
+async def _read_exchange(
+    runner: BotRunner, since: datetime, clock: Callable[[], datetime]
+) -> ExchangeView:
+    adapter = runner.parts.adapter
+    symbol = runner.parts.config.symbol
+    fetched_at = clock()
+    open_orders = await adapter.fetch_open_orders(symbol)
+    if isinstance(adapter, ReconcilableExchange):
+        trades = await adapter.fetch_my_trades(symbol, since)
+        positions = await adapter.fetch_positions()
+    else:
+        trades, positions = [], []
+    balances = await adapter.fetch_balance()
+    return ExchangeView(fetched_at, since, open_orders, trades, balances, positions)
+
+
+async def _look_up(
+    runner: BotRunner,
+    journal: JournalView,
+    exchange: ExchangeView,
+    sending: frozenset[int],
+    errors: list[str],
+) -> None:
+    """Ask the exchange about the journal's live orders it does not list as open, and (when it
+    shows a trade or an order it cannot place) about the orders the journal called failed."""
+    adapter = runner.parts.adapter
+    owners = journal.order_by_exchange_id()
+    listed = {o.client_order_id for o in exchange.open_orders} | {
+        owners[o.exchange_order_id] for o in exchange.open_orders if o.exchange_order_id in owners
+    }
+    wanted = [
+        cid
+        for cid, order in journal.orders.items()
+        if not order.is_terminal and cid not in listed and cid not in sending
+    ]
+    unplaced = any(
+        (t.client_order_id or 0) not in journal.orders and t.exchange_order_id not in owners
+        for t in exchange.trades
+    ) or any(
+        o.client_order_id not in journal.orders and o.exchange_order_id not in owners
+        for o in exchange.open_orders
+    )
+    if unplaced:
+        failed = sorted(
+            (
+                o
+                for o in journal.orders.values()
+                if o.status is OrderStatus.FAILED and not o.exchange_order_id
+            ),
+            key=lambda o: o.created_at,
+            reverse=True,
+        )
+        wanted += [o.client_order_id for o in failed[:MAX_FAILED_LOOKUPS]]
+    for cid in wanted:
+        snapshot: OrderSnapshot | None
+        try:
+            snapshot = await adapter.fetch_order(cid, journal.orders[cid].symbol)
+        except OrderNotFound:
+            snapshot = None
+        except ExchangeError as exc:
+            errors.append(f"order {cid}: could not ask {adapter.name}: {exc}")
+            continue
+        exchange.lookups[cid] = snapshot
+
+
+def _log_report(report: ReconciliationReport) -> None:
+    if report.clean and not report.differences:
+        log.info("reconciliation #%d: journal and exchanges agree", report.run_id)
+        return
+    level = logging.WARNING if report.clean else logging.ERROR
+    log.log(
+        level,
+        "reconciliation #%d (%s): %d difference(s), %d correction(s), %d remaining, %d error(s)",
+        report.run_id,
+        "applied" if report.applied else "report only",
+        report.differences,
+        report.corrections,
+        report.remaining,
+        report.errors,
+    )
+    for bot in report.bots:
+        for d in bot.remaining if report.applied else bot.differences:
+            log.log(
+                level,
+                "%s: %s %s: journal %s, exchange %s",
+                d.bot,
+                d.kind.value,
+                d.subject,
+                d.journal,
+                d.exchange,
+            )

@@ -1,0 +1,369 @@
+"""What reconciliation reads from the journal and the corrections it writes.
+
+Every correction is a row in `reconciliation_corrections` committed in the same transaction as
+the change it makes (a fill, an order's new status, a balance adjustment, a recomputed book),
+and the rows it changes point back to it ("reconciliation correction #id"). Ids are chosen here,
+not by SQLite, so a correction can name itself in the rows it writes; reconciliations run one at
+a time (`Reconciler` holds a lock), so nothing else allocates them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from bots.journal import FillRecord, JournalOrder, OrderStatus
+from bots.ledger import LedgerFill, Position
+from bots.models import Side
+from coordinator.store.journal import (
+    _ORDER_COLUMNS,
+    _balance_upserts,
+    _fill_insert,
+    _order_event,
+    _order_from_row,
+    _position_upsert,
+    iso,
+)
+from coordinator.store.sqlite import Expect, SqliteStore, Statement, Write
+
+LIVE = (OrderStatus.PENDING_SUBMIT.value, OrderStatus.OPEN.value)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalFill:
+    client_order_id: int
+    trade_id: str
+    side: Side
+    amount: Decimal
+    price: Decimal
+    fee: Decimal
+    fee_currency: str
+    executed_at: datetime
+
+
+@dataclass(slots=True)
+class JournalView:
+    """One bot's journal, as reconciliation compares it."""
+
+    orders: dict[int, JournalOrder]  # live, recent, and any the exchange mentioned
+    fills: dict[tuple[int, str], JournalFill]  # of those orders, and every fill in the window
+    balances: dict[str, Decimal]  # as stored
+    position: Position  # as stored
+    adjustments: list[tuple[str, Decimal]]  # for the replay
+    ledger: list[LedgerFill]  # every fill, in the order recorded, for the replay
+
+    def order_by_exchange_id(self) -> dict[str, int]:
+        return {o.exchange_order_id: cid for cid, o in self.orders.items() if o.exchange_order_id}
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectionRow:
+    id: int
+    run_id: int
+    at: datetime
+    bot: str
+    kind: str
+    subject: str
+    journal: str
+    exchange: str
+    action: str
+
+    def statement(self) -> Statement:
+        return (
+            "INSERT INTO reconciliation_corrections (id, run_id, at, bot, kind, subject,"
+            " journal, exchange, action) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self.id,
+                self.run_id,
+                iso(self.at),
+                self.bot,
+                self.kind,
+                self.subject,
+                self.journal,
+                self.exchange,
+                self.action,
+            ),
+        )
+
+    @property
+    def tag(self) -> str:
+        return f"reconciliation correction #{self.id}"
+
+
+class ReconciliationStore:
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def next_ids(self) -> tuple[int, int]:
+        """The next run id and the next correction id."""
+        row = await self.store.fetch_one(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM reconciliation_runs),"
+            " (SELECT COALESCE(MAX(id), 0) FROM reconciliation_corrections)"
+        )
+        assert row is not None
+        return int(row[0]) + 1, int(row[1]) + 1
+
+    async def journal_view(
+        self,
+        bot: str,
+        since: datetime,
+        client_order_ids: Iterable[int] = (),
+        exchange_order_ids: Iterable[str] = (),
+    ) -> JournalView:
+        orders = await self._orders(bot, since, client_order_ids, exchange_order_ids)
+        fills = await self._fills(bot, since, orders)
+        balances = {
+            row["asset"]: Decimal(row["total"])
+            for row in await self.store.fetch_all(
+                "SELECT asset, total FROM balances WHERE bot = ?", (bot,)
+            )
+        }
+        position_row = await self.store.fetch_one(
+            "SELECT base, avg_entry_price, realized_pnl, fees_paid FROM positions WHERE bot = ?",
+            (bot,),
+        )
+        position = (
+            Position(*(Decimal(position_row[i]) for i in range(4))) if position_row else Position()
+        )
+        adjustments, ledger = await self.ledger(bot)
+        return JournalView(orders, fills, balances, position, adjustments, ledger)
+
+    async def ledger(self, bot: str) -> tuple[list[tuple[str, Decimal]], list[LedgerFill]]:
+        """The bot's balance adjustments and fills, in the order recorded."""
+        adjustments = [
+            (row["asset"], Decimal(row["amount"]))
+            for row in await self.store.fetch_all(
+                "SELECT asset, amount FROM balance_adjustments WHERE bot = ? ORDER BY id", (bot,)
+            )
+        ]
+        ledger = [
+            LedgerFill(
+                Side(row["side"]),
+                Decimal(row["amount"]),
+                Decimal(row["price"]),
+                Decimal(row["fee"]),
+                row["fee_currency"],
+            )
+            for row in await self.store.fetch_all(
+                "SELECT side, amount, price, fee, fee_currency FROM fills WHERE bot = ?"
+                " ORDER BY id",
+                (bot,),
+            )
+        ]
+        return adjustments, ledger
+
+    async def _orders(
+        self,
+        bot: str,
+        since: datetime,
+        client_order_ids: Iterable[int],
+        exchange_order_ids: Iterable[str],
+    ) -> dict[int, JournalOrder]:
+        rows = await self.store.fetch_all(
+            f"SELECT {_ORDER_COLUMNS} FROM orders WHERE bot = ?"  # noqa: S608 (constant)
+            " AND (status IN (?, ?) OR created_at >= ?)",
+            (bot, *LIVE, iso(since)),
+        )
+        orders = {int(row["client_order_id"]): _order_from_row(dict(row)) for row in rows}
+        for cid in set(client_order_ids) - set(orders):
+            row = await self.store.fetch_one(
+                f"SELECT {_ORDER_COLUMNS} FROM orders WHERE client_order_id = ?"  # noqa: S608
+                " AND bot = ?",
+                (cid, bot),
+            )
+            if row is not None:
+                orders[cid] = _order_from_row(dict(row))
+        known = {o.exchange_order_id for o in orders.values()}
+        for exchange_order_id in set(exchange_order_ids) - known:
+            row = await self.store.fetch_one(
+                f"SELECT {_ORDER_COLUMNS} FROM orders WHERE exchange_order_id = ?"  # noqa: S608
+                " AND bot = ?",
+                (exchange_order_id, bot),
+            )
+            if row is not None:
+                order = _order_from_row(dict(row))
+                orders[order.client_order_id] = order
+        return orders
+
+    async def _fills(
+        self, bot: str, since: datetime, orders: Mapping[int, JournalOrder]
+    ) -> dict[tuple[int, str], JournalFill]:
+        rows = list(
+            await self.store.fetch_all(
+                "SELECT client_order_id, trade_id, side, amount, price, fee, fee_currency,"
+                " executed_at FROM fills WHERE bot = ? AND executed_at >= ?",
+                (bot, iso(since)),
+            )
+        )
+        for cid in orders:
+            rows.extend(
+                await self.store.fetch_all(
+                    "SELECT client_order_id, trade_id, side, amount, price, fee, fee_currency,"
+                    " executed_at FROM fills WHERE client_order_id = ?",
+                    (cid,),
+                )
+            )
+        return {
+            (int(row["client_order_id"]), row["trade_id"]): JournalFill(
+                int(row["client_order_id"]),
+                row["trade_id"],
+                Side(row["side"]),
+                Decimal(row["amount"]),
+                Decimal(row["price"]),
+                Decimal(row["fee"]),
+                row["fee_currency"],
+                datetime.fromisoformat(row["executed_at"]),
+            )
+            for row in rows
+        }
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def begin_run(
+        self,
+        run_id: int,
+        at: datetime,
+        actor: str,
+        trigger: str,
+        applied: bool,
+        bots: Sequence[str],
+    ) -> None:
+        await self.store.write(
+            [
+                (
+                    "INSERT INTO reconciliation_runs (id, started_at, finished_at, actor, trigger,"
+                    " applied, bots, differences, corrections, report)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, '{}')",
+                    (
+                        run_id,
+                        iso(at),
+                        iso(at),
+                        actor,
+                        trigger,
+                        int(applied),
+                        json.dumps(list(bots)),
+                    ),
+                )
+            ]
+        )
+
+    async def finish_run(
+        self, run_id: int, at: datetime, differences: int, corrections: int, report: dict[str, Any]
+    ) -> None:
+        await self.store.write(
+            [
+                Expect(
+                    "UPDATE reconciliation_runs SET finished_at = ?, differences = ?,"
+                    " corrections = ?, report = ? WHERE id = ?",
+                    (iso(at), differences, corrections, json.dumps(report, default=str), run_id),
+                )
+            ]
+        )
+
+    async def record(self, correction: CorrectionRow) -> None:
+        """A correction whose change another component writes (the gateway)."""
+        await self.store.write([correction.statement()])
+
+    async def correct_order(
+        self,
+        correction: CorrectionRow,
+        before: JournalOrder,
+        after: JournalOrder,
+        fills: Sequence[FillRecord],
+    ) -> None:
+        """Give an order the exchange's status and record its missing fills, in one commit.
+        A status the transition table forbids (failed -> open) is allowed here because the
+        event names this correction; --verify-data accepts it for that reason only."""
+        statements: list[Write] = [correction.statement()]
+        if (before.status, before.filled, before.exchange_order_id) != (
+            after.status,
+            after.filled,
+            after.exchange_order_id,
+        ):
+            statements.append(
+                Expect(
+                    "UPDATE orders SET status = ?, exchange_order_id = ?, filled = ?, reason = ?,"
+                    " updated_at = ? WHERE client_order_id = ? AND status = ?",
+                    (
+                        after.status.value,
+                        after.exchange_order_id,
+                        str(after.filled),
+                        after.reason,
+                        iso(correction.at),
+                        after.client_order_id,
+                        before.status.value,
+                    ),
+                )
+            )
+        if after.status is not before.status:
+            statements.append(
+                _order_event(
+                    after.client_order_id,
+                    correction.at,
+                    before.status,
+                    after.status,
+                    f"{correction.tag}: {correction.action}",
+                )
+            )
+        statements.extend(_fill_insert(fill, correction.at) for fill in fills)
+        await self.store.write(statements)
+
+    async def write_book(
+        self,
+        correction: CorrectionRow,
+        bot: str,
+        symbol: str,
+        position: Position,
+        balances: Mapping[str, Decimal],
+        stale_assets: Iterable[str],
+    ) -> None:
+        """Store the position and balances the journal's fills and adjustments add up to."""
+        statements: list[Write] = [
+            correction.statement(),
+            _position_upsert(bot, symbol, position, correction.at),
+            *_balance_upserts(bot, balances, correction.at),
+        ]
+        statements.extend(
+            ("DELETE FROM balances WHERE bot = ? AND asset = ?", (bot, asset))
+            for asset in stale_assets
+        )
+        await self.store.write(statements)
+
+    async def adjust_balance(
+        self, correction: CorrectionRow, bot: str, asset: str, amount: Decimal, total: Decimal
+    ) -> None:
+        """A balance the exchange reports differently: an adjustment entry, never an edit."""
+        await self.store.write(
+            [
+                correction.statement(),
+                (
+                    "INSERT INTO balance_adjustments (bot, asset, amount, reason, at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        bot,
+                        asset,
+                        str(amount),
+                        f"{correction.tag}: {correction.action}",
+                        iso(correction.at),
+                    ),
+                ),
+                *_balance_upserts(bot, {asset: total}, correction.at),
+            ]
+        )
+
+    async def recent_runs(self, limit: int) -> list[dict[str, Any]]:
+        rows = await self.store.fetch_all(
+            "SELECT id, started_at, finished_at, actor, trigger, applied, bots, differences,"
+            " corrections FROM reconciliation_runs ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            {**dict(row), "applied": bool(row["applied"]), "bots": json.loads(row["bots"])}
+            for row in rows
+        ]
