@@ -175,9 +175,16 @@ class BotRunner:
     async def halt(self, reason: str) -> list[str]:
         """The kill switch's stop: the tick is cancelled at once (no grace), then every open
         order is cancelled. A bot already stopped or stopping is left as it is."""
-        if self.state not in STOPPABLE:
-            return []
-        return await self.stop(reason, grace_seconds=0)
+        if self.state in STOPPABLE:
+            return await self.stop(reason, grace_seconds=0)
+        if self.state is BotState.STOPPED and self.parts.book.live_orders:
+            # A stopped bot can still hold orders: a cancel that failed when it stopped, or an
+            # order reconciliation adopted. The kill switch cancels those too.
+            errors = await self.gateway().cancel_all(reason)
+            if errors:
+                self.last_error = "cancel failed: " + "; ".join(errors)
+            return errors
+        return []
 
     async def wait_healthy(self, within_seconds: float) -> str | None:
         """Wait for the first healthy tick; None when seen, else why not."""

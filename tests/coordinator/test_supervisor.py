@@ -11,14 +11,16 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bots.exchanges.paper import PaperExchange
 from bots.feeds.base import MarketFeed
 from bots.journal import OrderStatus
-from bots.models import MarketSnapshot
+from bots.models import MarketSnapshot, OrderIntent, OrderType, Side
 from bots.strategies.base import Decision, Strategy, TickContext
 from coordinator.config import load_config
 from coordinator.config.models import CoordinatorConfig
@@ -562,3 +564,28 @@ async def _safe_mode_refuses(coordinator: Coordinator) -> None:
     assert status["last_refusal"].startswith("max_order_notional:")
     assert "safe-mode figure" in status["last_refusal"]
     assert (await bot_row(coordinator, "ndax"))["safe_mode"] == 1
+
+
+async def test_the_kill_switch_cancels_orders_a_stopped_bot_still_holds(
+    coordinator: Coordinator,
+) -> None:
+    """A stopped bot may still hold an order (a cancel that failed when it stopped, an order
+    reconciliation adopted): the kill switch cancels it as well."""
+    runner = coordinator.supervisor.runner("kraken")
+    gateway = runner.gateway()
+    await gateway.sync(await runner.parts.feed.snapshot())
+    assert runner.parts.book.last_price is not None
+    price = (runner.parts.book.last_price * Decimal("0.97")).quantize(Decimal("0.01"))
+    sent = await gateway.submit(
+        OrderIntent("BTC/AUD", Side.BUY, OrderType.LIMIT, Decimal("0.001"), price)
+    )
+    assert sent.outcome == "sent"
+    assert sent.client_order_id is not None
+    assert runner.state is BotState.STOPPED
+
+    await coordinator.activate_kill_switch("drill", "test")
+
+    assert runner.parts.book.live_orders == {}
+    exchange = runner.parts.adapter
+    assert isinstance(exchange, PaperExchange)
+    assert (await exchange.fetch_order(sent.client_order_id, "BTC/AUD")).status.value == "canceled"
