@@ -1,0 +1,112 @@
+"""`bot-coordinator reconcile [--bot NAME] [--apply] [--json]`: journal against exchanges.
+
+When a coordinator runs on the data dir (it holds the data dir's lock), the reconciliation is
+asked of it over the control plane, so the corrections go through its bots' books. Otherwise
+the coordinator is opened here without its control plane and without starting any bot (orders
+left in flight by a previous run are resolved first, as at every start), reconciled, and closed.
+
+Exit codes: 0 the journal matches (after --apply: nothing left to correct); 1 differences remain
+or an exchange could not be read; 2 bad arguments or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from coordinator.accounts import MissingCredentials
+from coordinator.api.auth import TokenError, load_or_create_token
+from coordinator.config.models import CoordinatorConfig
+from coordinator.errors import CoordinatorError
+from coordinator.reconcile.model import render_table
+from coordinator.runtime import Coordinator
+
+ACTOR = "cli"
+
+
+def add_reconcile_command(subparsers: Any) -> None:
+    command = subparsers.add_parser(
+        "reconcile",
+        help="compare the journal with the exchanges; --apply corrects the journal (audited)",
+    )
+    command.add_argument("--bot", dest="reconcile_bot", metavar="NAME", help="one bot only")
+    command.add_argument(
+        "--apply",
+        dest="reconcile_apply",
+        action="store_true",
+        help="correct the journal to match the exchange, each correction a journal entry",
+    )
+    command.add_argument(
+        "--json", dest="reconcile_json", action="store_true", help="print the report as JSON"
+    )
+
+
+def reconcile(args: argparse.Namespace, config: CoordinatorConfig, running: bool) -> int:
+    if running:
+        report = _through_control_plane(args)
+    else:
+        try:
+            report = asyncio.run(_in_process(args, config))
+        except MissingCredentials as exc:
+            _say(f"reconcile: {exc}")
+            return 2
+        except CoordinatorError as exc:
+            _say(f"reconcile refused: {exc.message}")
+            return 1
+    if report is None:
+        return 1
+    if args.reconcile_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_table(report))
+    return 0 if report["clean"] else 1
+
+
+async def _in_process(args: argparse.Namespace, config: CoordinatorConfig) -> dict[str, Any]:
+    coordinator = await Coordinator.open(config, args.data_dir)
+    try:
+        return await coordinator.reconcile(
+            args.reconcile_bot, args.reconcile_apply, ACTOR, trigger="cli"
+        )
+    finally:
+        await coordinator.close("reconcile from the command line")
+
+
+def _through_control_plane(args: argparse.Namespace) -> dict[str, Any] | None:
+    try:
+        token = load_or_create_token(args.data_dir)
+    except TokenError as exc:
+        _say(f"cannot read the control token: {exc}")
+        return None
+    body = json.dumps({"bot": args.reconcile_bot, "apply": args.reconcile_apply}).encode()
+    request = urllib.request.Request(
+        f"http://{args.host}:{args.port}/reconcile",
+        data=body,
+        headers={"Authorization": f"Bearer {token.value}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        # A reconciliation reads every bot's exchange: give it time.
+        with opener.open(request, timeout=300) as response:
+            result: dict[str, Any] = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        error = json.loads(exc.read() or b"{}").get("error", {})
+        _say(f"reconcile refused ({exc.code}): {error.get('message', exc.reason)}")
+        return None
+    except (urllib.error.URLError, OSError) as exc:
+        _say(
+            f"a coordinator holds {args.data_dir} but does not answer on "
+            f"{args.host}:{args.port} ({exc}); pass its --host/--port"
+        )
+        return None
+    return result
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
