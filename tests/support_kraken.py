@@ -8,9 +8,10 @@ ccxt's real kraken code runs against these endpoints; only the HTTP layer is fak
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -129,16 +130,28 @@ class FakeKraken:
             order["status"] = "canceled"
         return CallbackResult(payload=kraken_ok({"count": 1}))
 
-    def fill(self, txid: str, price: str | None = None) -> None:
-        """The market trades through this order: it fills in full at its limit (or `price`)."""
+    def fill(self, txid: str, price: str | None = None, amount: str | None = None) -> None:
+        """The market trades through this order at its limit (or `price`): it fills in full, or
+        by `amount` only (it stays open until the trades add up to its volume)."""
         order = self.orders[txid]
         price = price or order["descr"]["price"]
+        volume = Decimal(order["vol"])
+        left = volume - Decimal(order["vol_exec"])
+        traded = left if amount is None else Decimal(amount)
+        assert 0 < traded <= left, f"order {txid} has {left} left to fill, not {traded}"
         trade_id = f"T{len(self.trades) + 1:05d}-FAKE"
-        trade = kraken_trade(txid, order["vol"], price, "0.24")
+        trade = kraken_trade(
+            txid, order["vol"] if traded == volume else f"{traded:.8f}", price, "0.24"
+        )
         trade["type"] = order["descr"]["type"]
         trade["ordertype"] = order["descr"]["ordertype"]
         self.trades[trade_id] = trade
-        order.update(status="closed", vol_exec=order["vol"], trades=[trade_id])
+        executed = volume - left + traded
+        order.update(
+            status="closed" if executed == volume else "open",
+            vol_exec=order["vol"] if executed == volume else f"{executed:.8f}",
+            trades=[*order.get("trades", []), trade_id],
+        )
 
     def resting(self) -> list[str]:
         return [t for t, o in self.orders.items() if o["status"] == "open"]
@@ -155,11 +168,12 @@ PRIVATE_ENDPOINTS = (
 
 
 @contextmanager
-def serving(kraken: FakeKraken) -> Iterator[aioresponses]:
+def serving(kraken: FakeKraken, passthrough: Sequence[str] = ()) -> Iterator[aioresponses]:
     """kraken's markets, its XBT/AUD ticker, a balance of 10000 AUD and 0.05 BTC, and `kraken`'s
     order endpoints (each answered by the method of the same name, looked up on the instance so
-    a subclass may override it)."""
-    with aioresponses() as m:
+    a subclass may override it). Requests to a URL starting with one of `passthrough` (a local
+    control-plane test server) go out for real."""
+    with aioresponses(passthrough=list(passthrough)) as m:
         mock_kraken_markets(m)
         m.get(KRAKEN_PUBLIC + "Ticker?pair=XBTAUD", payload=kraken_ok(TICKER), repeat=True)
         m.get(
