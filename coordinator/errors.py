@@ -48,6 +48,12 @@ class Conflict(CoordinatorError):
     code = "conflict"
 
 
+class UnresolvedOrders(Conflict):
+    """A bot's orders from a previous run could not be settled with its exchange."""
+
+    code = "unresolved_orders"
+
+
 class WrongState(Conflict):
     code = "wrong_state"
 

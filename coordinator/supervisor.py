@@ -29,7 +29,13 @@ from bots.ids import ClientOrderIds
 from bots.retry import RetryPolicy
 from bots.strategies.base import Strategy
 from coordinator.config.models import BotConfig, BotMode, RecoverySettings
-from coordinator.errors import Conflict, ExchangeUnavailable, UnknownBot, WrongState
+from coordinator.errors import (
+    Conflict,
+    ExchangeUnavailable,
+    UnknownBot,
+    UnresolvedOrders,
+    WrongState,
+)
 from coordinator.lifecycle import STARTABLE, STOPPABLE, BotState, check_bot_transition
 from coordinator.store.journal import SqliteJournal
 
@@ -112,7 +118,7 @@ class BotRunner:
         if self.unresolved_orders:
             await self.resolve_orders_left_live("resolved before start")
             if self.unresolved_orders:
-                raise Conflict(f"bot {self.name!r} cannot start: {self.last_error}")
+                raise UnresolvedOrders(f"bot {self.name!r} cannot start: {self.last_error}")
         if self.state not in STARTABLE:  # another start or a stop came first while we waited
             raise WrongState(
                 f"bot {self.name!r} is {self.state.value}; it was started or stopped "
@@ -424,7 +430,10 @@ class Supervisor:
                 except WrongState:  # an operator started it meanwhile
                     result["already_running"].append(runner.name)
                     continue
-                problem = await runner.wait_healthy(seq.health_timeout_seconds)
+                except (UnresolvedOrders, ExchangeUnavailable) as exc:  # this bot's, not all
+                    problem: str | None = exc.message
+                else:
+                    problem = await runner.wait_healthy(seq.health_timeout_seconds)
                 if problem is not None:
                     result["failed"] = {"bot": runner.name, "reason": problem}
                     result["not_started"] = [r.name for r in pending if r.state is BotState.STOPPED]

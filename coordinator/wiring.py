@@ -68,6 +68,11 @@ async def build_bot_parts(
     else:
         client = accounts.client_for(bot)  # MissingCredentials names the variables
         ccxt_adapter = CcxtExchange(bot.exchange, client, clock=clock)
+        for order in book.live_orders.values():
+            # The venue's id from the journal: a live order from an earlier run is looked up by
+            # it, not by a search of the venue's lists, which lag and page.
+            if order.exchange_order_id:
+                ccxt_adapter.remember(order.client_order_id, order.exchange_order_id)
         adapter = ccxt_adapter
         feed = CcxtPublicFeed(client, bot.symbol)  # the account's own client: one rate limit
 

@@ -546,6 +546,11 @@ class CcxtExchange:
             return None
         return parse.decode_client_order_id(self.venue, raw.get("clientOrderId"))
 
+    def remember(self, client_order_id: int, exchange_order_id: str) -> None:
+        """The venue's id of one of our orders, known from the journal: later lookups of this
+        order ask for it by that id."""
+        self._remember(client_order_id, exchange_order_id)
+
     def _remember(self, client_order_id: int, exchange_order_id: str) -> None:
         self._exchange_ids[client_order_id] = exchange_order_id
         self._exchange_ids.move_to_end(client_order_id)
