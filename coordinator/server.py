@@ -35,6 +35,7 @@ class ServerOptions:
     host: str
     port: int
     data_dir: Path
+    backup_dir: Path | None = None  # None: no scheduled backups, no /backups
 
 
 async def serve(
@@ -46,7 +47,7 @@ async def serve(
 ) -> None:
     """Serve until `stop` is set (by a signal, when not given)."""
     stop = stop or _stop_on_signals()
-    coordinator = await Coordinator.open(config, options.data_dir)
+    coordinator = await Coordinator.open(config, options.data_dir, backup_dir=options.backup_dir)
     runner = web.AppRunner(
         make_app(coordinator, token, admin_token), access_log=None, handle_signals=False
     )

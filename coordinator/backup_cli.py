@@ -1,0 +1,387 @@
+"""`bot-coordinator backup` and `bot-coordinator restore`: backups from the command line.
+
+`backup [--backup-dir B] [--data-dir D] [--config-dir C]`: when a coordinator runs on the data
+dir (it holds the data dir's lock), the backup is asked of it (`POST /backups` with the operator
+token), so the database copy is taken beside the live writer and the backup is audited there;
+otherwise it is taken directly (holding the lock, so no coordinator starts meanwhile).
+
+`restore [ARCHIVE | --latest] [--config-only] [--dry-run]`: the archive is checked completely
+and its config loaded by the real loader before anything is touched (`backups/restore.py`).
+Then the safety rules:
+
+- a database is never restored under a running coordinator (stop it first, or `--config-only`);
+- config is restored under a running coordinator only if no bot is trading or the kill switch is
+  active (asked of its `/status`; a coordinator that does not answer is a refusal); the running
+  process keeps the config it loaded until it is restarted;
+- with no coordinator running, the data dir's lock is held for the whole restore.
+
+`--dry-run` prints a unified diff per config file that would change and what would happen to the
+database, and changes nothing. Exit codes: 0 done, 1 refused or failed (nothing changed), 2 bad
+arguments or an invalid configuration to back up.
+
+`restore_hint` is what start-up prints when the config is invalid: the exact command that
+restores the newest backup whose config verifies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Final
+
+from coordinator.api.auth import TokenError, load_or_create_token
+from coordinator.backups.archive import read_archive
+from coordinator.backups.create import BackupFailed, BackupRequest, Retention, take_backup
+from coordinator.backups.layout import (
+    LATEST_ARCHIVE,
+    TEMP_PREFIX,
+    BackupBusy,
+    archive_names,
+    directory_lock,
+    remove_tree,
+)
+from coordinator.backups.manifest import ArchiveError
+from coordinator.backups.restore import (
+    RestorePlan,
+    RestoreRefused,
+    apply_restore,
+    describe_plan,
+    prepare_restore,
+)
+from coordinator.config import ConfigError, load_config
+from coordinator.logging_setup import configure_logging, stop_logging
+from coordinator.runtime import DATABASE_FILE
+from coordinator.server import StartupError
+from coordinator.store.journal import SqliteJournal
+from coordinator.store.sqlite import SqliteStore, StoreError
+
+BACKUP_COMMANDS: Final = frozenset({"backup", "restore"})
+DEFAULT_BACKUP_DIR: Final = Path("backups")
+DEFAULT_CONFIG_DIR: Final = Path("config")
+DEFAULT_DATA_DIR: Final = Path("data")
+ACTOR: Final = "cli"
+QUIET_STATES: Final = frozenset({"stopped", "crashed"})
+
+LockDataDir = Callable[[Path], IO[str]]
+
+
+def add_backup_commands(subparsers: Any) -> None:
+    backup = subparsers.add_parser("backup", help="back up config and database now")
+    _where(backup)
+    restore = subparsers.add_parser(
+        "restore", help="restore config (and database) from a backup, checked first"
+    )
+    restore.add_argument("archive", nargs="?", type=Path, help="a backups/config-*.tar.gz")
+    restore.add_argument("--latest", action="store_true", help="the newest good backup")
+    restore.add_argument("--config-only", action="store_true", help="leave the database alone")
+    restore.add_argument("--dry-run", action="store_true", help="show what would change, only")
+    _where(restore)
+
+
+def _where(parser: argparse.ArgumentParser) -> None:
+    """The top-level location options, also accepted after the command (`backup --data-dir D`).
+    SUPPRESS: when not given here, the top-level value (or its default) stays."""
+    suppress = argparse.SUPPRESS
+    parser.add_argument("--backup-dir", type=Path, default=suppress, help="backups (./backups)")
+    parser.add_argument("--data-dir", type=Path, default=suppress, help="database (./data)")
+    parser.add_argument("--config-dir", type=Path, default=suppress, help="config (./config)")
+    parser.add_argument("--log-dir", type=Path, default=suppress, help="log (./logs)")
+    parser.add_argument("--host", default=suppress, help="a running coordinator's address")
+    parser.add_argument("--port", type=_port, default=suppress, help="its port (8000)")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
+
+
+def run_backup_command(args: argparse.Namespace, config_dir: Path, lock: LockDataDir) -> int:
+    """`backup` or `restore`, logged to the log dir like the coordinator itself."""
+    try:
+        listener = configure_logging(args.log_dir, args.log_level)
+    except OSError as exc:
+        _say(f"bot-coordinator: cannot write logs to {args.log_dir}: {exc}")
+        return 2
+    try:
+        if args.command == "backup":
+            return _backup(args, config_dir, lock)
+        return _restore(args, lock)
+    finally:
+        stop_logging(listener)
+
+
+# --- backup --------------------------------------------------------------------------------------
+
+
+def _backup(args: argparse.Namespace, config_dir: Path, lock_data_dir: LockDataDir) -> int:
+    held = None
+    if args.data_dir.is_dir():
+        try:
+            held = lock_data_dir(args.data_dir)
+        except StartupError:
+            return _backup_through_control_plane(args)
+    try:
+        return _backup_directly(args, config_dir)
+    finally:
+        if held is not None:
+            held.close()
+
+
+def _backup_directly(args: argparse.Namespace, config_dir: Path) -> int:
+    try:
+        settings = load_config(config_dir).recovery.backups
+    except ConfigError as exc:
+        _say(f"the configuration in {config_dir} is invalid, so it is not backed up:")
+        for issue in exc.issues:
+            _say(f"  {issue}")
+        return 2
+    database = args.data_dir / DATABASE_FILE
+    include = settings.include_database and database.is_file()
+    if settings.include_database and not include:
+        _say(f"no database at {database}: backing up the config only")
+    request = BackupRequest(
+        config_dir=config_dir,
+        backup_dir=args.backup_dir,
+        database=database if include else None,
+        trigger="cli",
+        at=datetime.now(UTC),
+        retention=Retention(settings.keep_count, settings.keep_days),
+    )
+    try:
+        result = take_backup(request)
+    except BackupFailed as exc:
+        _say(f"backup failed; the previous latest is unchanged: {exc}")
+        _audit_directly(args.data_dir, None, f"error: {exc}", {"trigger": "cli"})
+        return 1
+    _audit_directly(args.data_dir, result.archive.name, "ok", result.as_dict())
+    _say(f"backup written: {result.archive} ({result.size} bytes, {result.seconds:.2f}s)")
+    print(json.dumps(result.as_dict(), indent=2))
+    return 0
+
+
+def _backup_through_control_plane(args: argparse.Namespace) -> int:
+    answer = _ask(args, "POST", "/backups", {})
+    if isinstance(answer, int):
+        return answer
+    _say(f"backup written by the running coordinator: {answer.get('archive')}")
+    print(json.dumps(answer, indent=2))
+    return 0
+
+
+# --- restore -------------------------------------------------------------------------------------
+
+
+def _restore(args: argparse.Namespace, lock_data_dir: LockDataDir) -> int:
+    if args.latest == (args.archive is not None):
+        _say("restore: name one backup: an ARCHIVE path, or --latest")
+        return 2
+    archive = args.backup_dir / LATEST_ARCHIVE if args.latest else args.archive
+    if not archive.is_file():
+        _say(f"restore: no backup at {archive}{_newest_hint(args.backup_dir)}")
+        return 1
+    held = None
+    running = False
+    if args.data_dir.is_dir():
+        try:
+            held = lock_data_dir(args.data_dir)
+        except StartupError:
+            running = True
+    try:
+        with directory_lock(args.backup_dir):
+            return _restore_locked(args, archive, running)
+    except BackupBusy as exc:
+        _say(f"restore refused: {exc}")
+        return 1
+    finally:
+        if held is not None:
+            held.close()
+
+
+def _restore_locked(args: argparse.Namespace, archive: Path, running: bool) -> int:
+    config_dir = args.config_dir or DEFAULT_CONFIG_DIR  # never the installed package's copy
+    work = args.backup_dir / f"{TEMP_PREFIX}restore-{os.getpid()}"
+    remove_tree(work)
+    work.mkdir(mode=0o700)
+    try:
+        try:
+            plan = prepare_restore(archive, config_dir, args.data_dir, args.config_only, work)
+        except (ArchiveError, RestoreRefused) as exc:
+            _say(f"restore refused; nothing was changed: {exc}")
+            return 1
+        refusal = _refusal(args, plan, running)
+        if args.dry_run:
+            print(describe_plan(plan))
+            if refusal is not None:
+                _say(f"a restore now would be refused: {refusal}")
+                return 1
+            _say("dry run: nothing was changed; run it again without --dry-run to restore")
+            return 0
+        if refusal is not None:
+            _say(f"restore refused; nothing was changed: {refusal}")
+            return 1
+        return _apply(args, plan, running)
+    finally:
+        remove_tree(work)
+
+
+def _apply(args: argparse.Namespace, plan: RestorePlan, running: bool) -> int:
+    if plan.nothing_to_do:
+        _say(f"nothing to restore: {plan.config_dir} already matches {plan.archive.name}")
+        return 0
+    try:
+        outcome = apply_restore(plan, args.backup_dir, datetime.now(UTC))
+    except OSError as exc:
+        _say(f"restore failed: {exc}; what it replaced so far is kept in {args.backup_dir}")
+        return 1
+    for path in outcome.replaced:
+        _say(f"restored {path}")
+    _say(f"the files it replaced are in {outcome.saved_in}")
+    details = {
+        "archive": str(plan.archive),
+        "replaced": outcome.replaced,
+        "saved_in": str(outcome.saved_in),
+    }
+    if running:
+        _say("the running coordinator keeps the config it loaded until it is restarted")
+    else:
+        _audit_directly(args.data_dir, plan.archive.name, "ok", details, "backup.restore")
+    return 0
+
+
+def _refusal(args: argparse.Namespace, plan: RestorePlan, running: bool) -> str | None:
+    """Why the restore must not happen now, or None."""
+    if not running:
+        return None
+    if plan.restores_database:
+        return (
+            f"a coordinator is running on {args.data_dir}: the database is never restored "
+            "under it; stop it first, or restore only the config with --config-only"
+        )
+    status = _ask(args, "GET", "/status", None)
+    if isinstance(status, int):
+        return f"a coordinator holds {args.data_dir} and its state could not be read"
+    trading = [bot["name"] for bot in status.get("bots", []) if bot["state"] not in QUIET_STATES]
+    if trading and not status.get("kill_switch_active", False):
+        return (
+            f"bots are trading ({', '.join(trading)}) and the kill switch is not active: "
+            "activate the kill switch or stop the bots first"
+        )
+    return None
+
+
+# --- start-up on an invalid config ---------------------------------------------------------------
+
+
+def restore_hint(args: argparse.Namespace) -> str | None:
+    """The command that restores the newest backup whose config verifies, or None."""
+    backup_dir: Path = args.backup_dir
+    candidates = [backup_dir / LATEST_ARCHIVE] + [
+        backup_dir / name for name in reversed(archive_names(backup_dir))
+    ]
+    for archive in candidates:
+        if not archive.is_file():
+            continue
+        try:
+            manifest = read_archive(archive, config_only=True).manifest
+        except ArchiveError:
+            continue
+        target = ["--latest"] if archive.name == LATEST_ARCHIVE else [str(archive)]
+        command = shlex.join(["bot-coordinator", "restore", *target, "--config-only", *_dirs(args)])
+        made = manifest.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"to restore the config of the newest good backup ({made}): {command}"
+    return None
+
+
+def _dirs(args: argparse.Namespace) -> list[str]:
+    given: list[str] = []
+    if args.config_dir is not None and args.config_dir != DEFAULT_CONFIG_DIR:
+        given += ["--config-dir", str(args.config_dir)]
+    if args.backup_dir != DEFAULT_BACKUP_DIR:
+        given += ["--backup-dir", str(args.backup_dir)]
+    if args.data_dir != DEFAULT_DATA_DIR:
+        given += ["--data-dir", str(args.data_dir)]
+    return given
+
+
+def _newest_hint(backup_dir: Path) -> str:
+    names = archive_names(backup_dir)
+    return f" (the newest archive there is {backup_dir / names[-1]})" if names else ""
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _ask(
+    args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None
+) -> dict[str, Any] | int:
+    """Ask the running coordinator; its JSON answer, or an exit code after saying why not."""
+    headers = {"Content-Type": "application/json"}
+    if method != "GET":
+        try:
+            headers["Authorization"] = f"Bearer {load_or_create_token(args.data_dir).value}"
+        except TokenError as exc:
+            _say(f"cannot read the control token: {exc}")
+            return 1
+    data = json.dumps(body).encode() if body is not None else None
+    url = f"http://{args.host}:{args.port}{path}"
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=120) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
+    except urllib.error.HTTPError as exc:
+        error = json.loads(exc.read() or b"{}").get("error", {})
+        _say(f"{method} {path} refused ({exc.code}): {error.get('message', exc.reason)}")
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        _say(
+            f"a coordinator holds {args.data_dir} but does not answer on "
+            f"{args.host}:{args.port} ({exc}); pass its --host/--port"
+        )
+        return 1
+
+
+def _audit_directly(
+    data_dir: Path,
+    subject: str | None,
+    result: str,
+    details: dict[str, Any],
+    action: str = "backup.create",
+) -> None:
+    """Audit an action taken with no coordinator running (best effort: the action is done)."""
+    if not (data_dir / DATABASE_FILE).is_file():
+        return
+
+    async def audit() -> None:
+        store = await SqliteStore.open(data_dir / DATABASE_FILE)
+        try:
+            await SqliteJournal(store).audit(
+                actor=ACTOR,
+                action=action,
+                subject=subject,
+                result=result,
+                at=datetime.now(UTC),
+                details=details,
+            )
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(audit())
+    except (StoreError, OSError) as exc:
+        _say(f"(not audited: {exc})")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
