@@ -84,15 +84,18 @@ class Corrector:
         for d in differences:
             if d.correctable and d.kind in _ORDER_KINDS and d.client_order_id is not None:
                 by_order.setdefault(d.client_order_id, []).append(d)
+        lost = _lost_rows(target, by_order)
         for cid, diffs in by_order.items():
-            if cid in target.book.live_orders:
+            if cid in target.book.live_orders and cid not in lost:
                 correction = await self._through_gateway(target, cid, diffs, errors)
                 if correction is not None:
                     corrections.append(correction)
         async with target.gateway.book_lock:
-            finished = {c: d for c, d in by_order.items() if c not in target.book.live_orders}
-            if finished:
-                corrections += await self._finished_orders(target, finished)
+            in_journal = {
+                c: d for c, d in by_order.items() if c not in target.book.live_orders or c in lost
+            }
+            if in_journal:
+                corrections += await self._in_journal(target, in_journal)
             book = await self._recompute_book(target)
             if book is not None:
                 corrections.append(book)
@@ -126,9 +129,11 @@ class Corrector:
         await self.store.record(row)
         return _correction(row)
 
-    async def _finished_orders(
+    async def _in_journal(
         self, target: BotTarget, finished: dict[int, list[Difference]]
     ) -> list[Correction]:
+        """Orders the gateway does not hold live (or whose fill rows the journal lost while the
+        gateway's book still has them): corrected in the journal directly, one commit each."""
         ctx = target.ctx
         view = await self.store.journal_view(ctx.bot, self._clock(), client_order_ids=finished)
         corrections = []
@@ -234,6 +239,18 @@ class Corrector:
         return row
 
 
+def _lost_rows(target: BotTarget, by_order: dict[int, list[Difference]]) -> set[int]:
+    """Live orders with a missing fill the gateway's book says it recorded: the journal lost
+    the row (deleted by hand, say). Asking the exchange again would find nothing new, so the
+    fill is written back to the journal directly."""
+    lost = set()
+    for cid, diffs in by_order.items():
+        seen = target.book.trade_ids.get(cid, set())
+        if any(d.trade is not None and d.trade.trade.trade_id in seen for d in diffs):
+            lost.add(cid)
+    return lost
+
+
 def _trades_of(
     order: JournalOrder, snapshot: OrderSnapshot | None, account_trades: list[AccountTrade]
 ) -> list[AccountTrade]:
@@ -302,7 +319,8 @@ def _describe(before: JournalOrder, after: JournalOrder, fills: list[FillRecord]
         parts.append(f"status {before.status.value} -> {after.status.value}")
     if fills:
         amount = sum((f.amount for f in fills), Decimal(0))
-        parts.append(f"{len(fills)} missing fill(s) recorded ({amount} filled)")
+        trades = ", ".join(f.trade_id for f in fills)
+        parts.append(f"{len(fills)} missing fill(s) recorded ({amount} filled; trade {trades})")
     if after.exchange_order_id != before.exchange_order_id:
         parts.append(f"exchange order id {after.exchange_order_id}")
     return "; ".join(parts) or "no change"

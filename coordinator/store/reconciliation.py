@@ -194,21 +194,28 @@ class ReconciliationStore:
     async def _fills(
         self, bot: str, since: datetime, orders: Mapping[int, JournalOrder]
     ) -> dict[tuple[int, str], JournalFill]:
+        """The bot's fills in the window, and every fill of the orders in the view (one query
+        for the live and recent ones, one per order the exchange brought in from further back)."""
+        columns = (
+            "SELECT client_order_id, trade_id, side, amount, price, fee, fee_currency,"
+            " executed_at FROM fills"
+        )
         rows = list(
             await self.store.fetch_all(
-                "SELECT client_order_id, trade_id, side, amount, price, fee, fee_currency,"
-                " executed_at FROM fills WHERE bot = ? AND executed_at >= ?",
-                (bot, iso(since)),
+                f"{columns} WHERE bot = ? AND (executed_at >= ? OR client_order_id IN"  # noqa: S608
+                " (SELECT client_order_id FROM orders WHERE bot = ?"
+                " AND (status IN (?, ?) OR created_at >= ?)))",
+                (bot, iso(since), bot, *LIVE, iso(since)),
             )
         )
-        for cid in orders:
-            rows.extend(
-                await self.store.fetch_all(
-                    "SELECT client_order_id, trade_id, side, amount, price, fee, fee_currency,"
-                    " executed_at FROM fills WHERE client_order_id = ?",
-                    (cid,),
+        for cid, order in orders.items():
+            if order.is_terminal and order.created_at < since:
+                rows.extend(
+                    await self.store.fetch_all(
+                        f"{columns} WHERE client_order_id = ?",
+                        (cid,),
+                    )
                 )
-            )
         return {
             (int(row["client_order_id"]), row["trade_id"]): JournalFill(
                 int(row["client_order_id"]),
@@ -277,9 +284,10 @@ class ReconciliationStore:
         after: JournalOrder,
         fills: Sequence[FillRecord],
     ) -> None:
-        """Give an order the exchange's status and record its missing fills, in one commit.
-        A status the transition table forbids (failed -> open) is allowed here because the
-        event names this correction; --verify-data accepts it for that reason only."""
+        """Give an order the exchange's status and record its missing fills, in one commit,
+        with an order event that names the correction. A move the transition table forbids
+        (failed -> open, filled -> filled) is allowed here because the event names this
+        correction; --verify-data accepts it for that reason only."""
         statements: list[Write] = [correction.statement()]
         if (before.status, before.filled, before.exchange_order_id) != (
             after.status,
@@ -301,16 +309,17 @@ class ReconciliationStore:
                     ),
                 )
             )
-        if after.status is not before.status:
-            statements.append(
-                _order_event(
-                    after.client_order_id,
-                    correction.at,
-                    before.status,
-                    after.status,
-                    f"{correction.tag}: {correction.action}",
-                )
+        # Always an event, even when the status stays: it is what names the correction in the
+        # order's history (a fill written back does not change the status).
+        statements.append(
+            _order_event(
+                after.client_order_id,
+                correction.at,
+                before.status,
+                after.status,
+                f"{correction.tag}: {correction.action}",
             )
+        )
         statements.extend(_fill_insert(fill, correction.at) for fill in fills)
         await self.store.write(statements)
 
