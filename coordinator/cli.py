@@ -2,6 +2,7 @@
 
 Exit codes: 0 clean stop; 1 could not start (port in use, another coordinator on the data dir,
 unusable database); 2 bad configuration or arguments, with every problem listed.
+`--verify-data` (`coordinator/verify_cli.py`) has its own: 0 clean, 1 inconsistent, 2 no database.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from coordinator.logging_setup import configure_logging, stop_logging
 from coordinator.runtime import DATABASE_FILE
 from coordinator.server import ServerOptions, StartupError, serve
 from coordinator.store.sqlite import StoreError
+from coordinator.verify_cli import run_verify_data
 
 log = logging.getLogger("coordinator")
 
@@ -73,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ticks", type=_ticks, default=10, help="with --test: how many ticks to run (10)"
     )
+    parser.add_argument(
+        "--verify-data",
+        action="store_true",
+        help="check the journal's integrity (read-only) and exit: 0 clean, 1 inconsistent,"
+        " 2 no database",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="with --verify-data: print the report as JSON instead of a table",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_breaker_commands(commands)
     return parser
@@ -105,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--test needs --bot NAME")
     if args.bot and not args.test:
         parser.error("--bot needs --test (to start one bot in a running coordinator: POST /start)")
+    if args.json and not args.verify_data:
+        parser.error("--json needs --verify-data")
     # The journal, token and logs hold positions, balances and credentials' whereabouts: files
     # this process creates are readable by its user only.
     previous_umask = os.umask(0o077)
@@ -115,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.verify_data:  # before the config: the data can be checked while the config is broken
+        return run_verify_data(args)
     config_dir = _config_dir(args.config_dir)
     try:
         config = load_config(config_dir)
