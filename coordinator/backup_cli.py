@@ -217,6 +217,8 @@ def _restore_locked(args: argparse.Namespace, archive: Path, running: bool) -> i
             plan = prepare_restore(archive, config_dir, args.data_dir, args.config_only, work)
         except (ArchiveError, RestoreRefused) as exc:
             _say(f"restore refused; nothing was changed: {exc}")
+            if isinstance(exc, ArchiveError) and (other := _newest_hint(args.backup_dir)):
+                _say(f"other backups are in {args.backup_dir}{other}")
             return 1
         refusal = _refusal(args, plan, running)
         if args.dry_run:

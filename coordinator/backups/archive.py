@@ -61,7 +61,9 @@ def write_archive(target: Path, manifest: Manifest, members: Sequence[tuple[str,
     with os.fdopen(fd, "wb") as raw:
         with (
             gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=COMPRESS_LEVEL, mtime=mtime) as gz,
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+            tarfile.TarFile(
+                fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK
+            ) as tar,
         ):
             _add_bytes(tar, MANIFEST_NAME, manifest.to_json(), mtime)
             for name, path in members:

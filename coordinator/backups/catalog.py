@@ -78,8 +78,12 @@ class Catalog:
         """Every backup in `backup_dir`, newest first, and which one is the latest."""
         latest = latest_manifest(backup_dir)
         latest_name = latest.archive if latest else None
+        names = archive_names(backup_dir)
+        with self._lock:  # forget archives that are gone (retention)
+            for gone in [p for p in self._known if p.parent == backup_dir and p.name not in names]:
+                del self._known[gone]
         backups = []
-        for name in reversed(archive_names(backup_dir)):
+        for name in reversed(names):
             try:
                 entry = self.describe(backup_dir / name, verify)
             except FileNotFoundError:  # deleted by retention meanwhile

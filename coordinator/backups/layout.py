@@ -36,7 +36,7 @@ PRE_RESTORE_PREFIX: Final = "pre-restore-"
 TEMP_PREFIX: Final = ".tmp-"
 LOCK_FILE: Final = ".backup.lock"
 _STAMP: Final = "%Y%m%d-%H%M%S"
-CHUNK: Final = 1024 * 1024
+CHUNK: Final = 256 * 1024  # copies and hashes: big enough for C to do the work, GIL released
 
 
 class BackupBusy(Exception):

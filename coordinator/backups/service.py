@@ -77,7 +77,7 @@ class BackupService:
         self.accepting = True
         self._lock = asyncio.Lock()
         self._abort = threading.Event()
-        self._running: asyncio.Task[BackupResult] | None = None
+        self._running: asyncio.Future[dict[str, Any]] | None = None
         self.scheduler = BackupScheduler(
             BackupSchedule(settings.interval_minutes),
             clock,
@@ -100,32 +100,39 @@ class BackupService:
         )
 
     async def backup_now(self, trigger: str, actor: str) -> dict[str, Any]:
-        """Take a backup now; its description, or `BackupError` (audited either way)."""
+        """Take a backup now; its description, or `BackupError` (audited either way).
+
+        The work and its audit run as one task shielded from the caller's cancellation (the
+        scheduler's, at shutdown): `stop()` waits for it, so a backup is never left unaudited."""
         if not self.accepting:
             raise ShuttingDown("the coordinator is shutting down; no backup is taken")
         async with self._lock:
-            at = self.clock()
-            request = BackupRequest(
-                config_dir=self.config_dir,
-                backup_dir=self.backup_dir,
-                database=self.database if self.settings.include_database else None,
-                trigger=trigger,
-                at=at,
-                retention=Retention(self.settings.keep_count, self.settings.keep_days),
-                abort=self._abort,
-            )
-            self._running = asyncio.ensure_future(asyncio.to_thread(take_backup, request))
+            self._running = asyncio.ensure_future(self._take(trigger, actor))
             self._running.add_done_callback(_retrieve)
             try:
-                result = await asyncio.shield(self._running)
-            except BackupFailed as exc:
-                await self._failed(at, trigger, actor, str(exc))
-                raise BackupError(f"backup failed: {exc}") from exc
+                return await asyncio.shield(self._running)
             finally:
                 self._running = None
-            await asyncio.to_thread(self.catalog.record, result.archive, result.manifest, True)
-            await self._succeeded(at, actor, result)
-            return result.as_dict()
+
+    async def _take(self, trigger: str, actor: str) -> dict[str, Any]:
+        at = self.clock()
+        request = BackupRequest(
+            config_dir=self.config_dir,
+            backup_dir=self.backup_dir,
+            database=self.database if self.settings.include_database else None,
+            trigger=trigger,
+            at=at,
+            retention=Retention(self.settings.keep_count, self.settings.keep_days),
+            abort=self._abort,
+        )
+        try:
+            result = await asyncio.to_thread(take_backup, request)
+        except BackupFailed as exc:
+            await self._failed(at, trigger, actor, str(exc))
+            raise BackupError(f"backup failed: {exc}") from exc
+        await asyncio.to_thread(self.catalog.record, result.archive, result.manifest, True)
+        await self._succeeded(at, actor, result)
+        return result.as_dict()
 
     async def _succeeded(self, at: datetime, actor: str, result: BackupResult) -> None:
         self.state = BackupStatus(at, "ok", None, result.archive.name, at, self.state.failures)
@@ -190,7 +197,7 @@ class BackupService:
                 log.warning("a backup is still running at shutdown; its thread finishes it")
 
 
-def _retrieve(task: asyncio.Future[BackupResult]) -> None:
+def _retrieve(task: asyncio.Future[dict[str, Any]]) -> None:
     """A backup whose caller was cancelled (shutdown) still ends; its outcome is logged there."""
     if not task.cancelled():
         task.exception()
