@@ -8,6 +8,7 @@ ccxt's real kraken code runs against these endpoints; only the HTTP layer is fak
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,11 @@ from tests.bots.exchanges.ccxt_fixtures import (
     kraken_trade,
     mock_kraken_markets,
 )
+
+# kraken's asset codes for the assets of XBTAUD
+KRAKEN_ASSET = {"AUD": "ZAUD", "BTC": "XXBT"}
+OPENING_FUNDS = {"ZAUD": Decimal("10000"), "XXBT": Decimal("0.05")}  # serving()'s balance
+TRADES_PAGE = 50  # TradesHistory answers 50 trades a page, newest first
 
 PRICE = "150000.0"
 ASK = "150010.0"
@@ -72,6 +78,9 @@ class FakeKraken:
         self.orders: dict[str, dict[str, Any]] = {}
         self.trades: dict[str, dict[str, Any]] = {}
         self.calls: list[Call] = []
+        # The account (served with serving(account=True)): funds deposited, before any trade.
+        self.funds: dict[str, Decimal] = dict(OPENING_FUNDS)
+        self.positions: list[dict[str, Any]] = []  # OpenPositions (consolidated by market)
 
     @staticmethod
     def form(kwargs: Mapping[str, Any]) -> dict[str, str]:
@@ -156,6 +165,77 @@ class FakeKraken:
     def resting(self) -> list[str]:
         return [t for t, o in self.orders.items() if o["status"] == "open"]
 
+    # ----- the account: balances, trade history, positions, and what others do on it -------
+
+    def fill_now(self, txid: str, price: str | None = None, amount: str | None = None) -> str:
+        """`fill()`, with the trade stamped now (fill() stamps it 2026-01-01, outside any
+        recent window); the new trade's id."""
+        self.fill(txid, price, amount)
+        trade_id = list(self.trades)[-1]
+        self.trades[trade_id]["time"] = round(time.time(), 4)
+        return trade_id
+
+    def place_by_hand(self, side: str, volume: str, price: str) -> str:
+        """A limit order someone placed on the account outside the coordinator (kraken's
+        website): it has no cl_ord_id. Its txid."""
+        txid = self.place(
+            {"type": side, "ordertype": "limit", "volume": volume, "price": price, "cl_ord_id": ""}
+        )
+        self.orders[txid]["cl_ord_id"] = None
+        return txid
+
+    def deposit(self, asset: str, amount: str) -> None:
+        """Funds moved into the account (negative: withdrawn); `asset` "AUD" or "BTC"."""
+        code = KRAKEN_ASSET.get(asset, asset)
+        self.funds[code] = self.funds.get(code, Decimal(0)) + Decimal(amount)
+
+    def balances(self) -> dict[str, tuple[Decimal, Decimal]]:
+        """Each asset's (total, held by open orders): the funds plus every trade (fees in
+        AUD), as kraken's BalanceEx reports them."""
+        totals = dict(self.funds)
+        held = {code: Decimal(0) for code in totals}
+        for trade in self.trades.values():
+            vol, price, fee = (Decimal(trade[k]) for k in ("vol", "price", "fee"))
+            sign = 1 if trade["type"] == "buy" else -1
+            totals["XXBT"] = totals.get("XXBT", Decimal(0)) + sign * vol
+            totals["ZAUD"] = totals.get("ZAUD", Decimal(0)) - sign * vol * price - fee
+        for order in self.orders.values():
+            if order["status"] != "open":
+                continue
+            left = Decimal(order["vol"]) - Decimal(order["vol_exec"])
+            if order["descr"]["type"] == "buy":
+                code, amount = "ZAUD", left * Decimal(order["descr"]["price"])
+            else:
+                code, amount = "XXBT", left
+            held[code] = held.get(code, Decimal(0)) + amount
+        return {code: (totals[code], held.get(code, Decimal(0))) for code in totals}
+
+    def balance_ex(self, url: Any, **kwargs: Any) -> CallbackResult:
+        shown = {code: (str(total), str(hold)) for code, (total, hold) in self.balances().items()}
+        return CallbackResult(payload=kraken_balance(**shown))
+
+    def trades_history(self, url: Any, **kwargs: Any) -> CallbackResult:
+        """The account's trades, newest first, 50 a page (`ofs`), from `start` (exclusive) to
+        `end` (inclusive), in seconds, like kraken's TradesHistory; `count` is all that match."""
+        form = self.form(kwargs)
+        start, end = form.get("start"), form.get("end")
+        matching = sorted(
+            (
+                (trade_id, trade)
+                for trade_id, trade in self.trades.items()
+                if (start is None or trade["time"] > float(start))
+                and (end is None or trade["time"] <= float(end))
+            ),
+            key=lambda item: item[1]["time"],
+            reverse=True,
+        )
+        offset = int(form.get("ofs", "0"))
+        page = dict(matching[offset : offset + TRADES_PAGE])
+        return CallbackResult(payload=kraken_ok({"trades": page, "count": len(matching)}))
+
+    def open_positions(self, url: Any, **kwargs: Any) -> CallbackResult:
+        return CallbackResult(payload=kraken_ok(self.positions))
+
 
 PRIVATE_ENDPOINTS = (
     "AddOrder",
@@ -165,14 +245,21 @@ PRIVATE_ENDPOINTS = (
     "ClosedOrders",
     "CancelOrder",
 )
+# Served from the fake's own state with serving(account=True).
+ACCOUNT_ENDPOINTS = ("BalanceEx", "TradesHistory", "OpenPositions")
 
 
 @contextmanager
-def serving(kraken: FakeKraken, passthrough: Sequence[str] = ()) -> Iterator[aioresponses]:
+def serving(
+    kraken: FakeKraken, passthrough: Sequence[str] = (), account: bool = False
+) -> Iterator[aioresponses]:
     """kraken's markets, its XBT/AUD ticker, a balance of 10000 AUD and 0.05 BTC, and `kraken`'s
     order endpoints (each answered by the method of the same name, looked up on the instance so
     a subclass may override it). Requests to a URL starting with one of `passthrough` (a local
-    control-plane test server) go out for real."""
+    control-plane test server) go out for real.
+
+    With `account`, the balance is `kraken`'s (its funds and its trades: `FakeKraken.balances`)
+    and its TradesHistory and OpenPositions are served too (`ACCOUNT_ENDPOINTS`)."""
     with aioresponses(passthrough=list(passthrough)) as m:
         mock_kraken_markets(m)
         m.get(KRAKEN_PUBLIC + "Ticker?pair=XBTAUD", payload=kraken_ok(TICKER), repeat=True)
@@ -181,11 +268,15 @@ def serving(kraken: FakeKraken, passthrough: Sequence[str] = ()) -> Iterator[aio
             payload=kraken_ok({"status": "online", "timestamp": "2026-11-23T12:00:00Z"}),
             repeat=True,
         )
-        m.post(
-            KRAKEN_PRIVATE + "BalanceEx",
-            payload=kraken_balance(ZAUD=("10000", "0"), XXBT=("0.05", "0")),
-            repeat=True,
-        )
+        if account:
+            for endpoint in ACCOUNT_ENDPOINTS:
+                m.post(KRAKEN_PRIVATE + endpoint, callback=_logged(kraken, endpoint), repeat=True)
+        else:
+            m.post(
+                KRAKEN_PRIVATE + "BalanceEx",
+                payload=kraken_balance(ZAUD=("10000", "0"), XXBT=("0.05", "0")),
+                repeat=True,
+            )
         for endpoint in PRIVATE_ENDPOINTS:
             m.post(KRAKEN_PRIVATE + endpoint, callback=_logged(kraken, endpoint), repeat=True)
         yield m
