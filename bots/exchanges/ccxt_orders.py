@@ -338,8 +338,10 @@ def account_trade(
 
 
 def parse_balances(raw: object, venue: str) -> dict[str, Balance]:
+    data = _mapping(raw, venue, "balance")
+    _check_balance_answer(data.get("info"), venue)
     balances: dict[str, Balance] = {}
-    for asset, entry in _mapping(raw, venue, "balance").items():
+    for asset, entry in data.items():
         if asset in _BALANCE_META:
             continue
         account = _mapping(entry, venue, "balance")
@@ -349,6 +351,18 @@ def parse_balances(raw: object, venue: str) -> dict[str, Balance]:
             raise malformed(venue, "balance", f"{asset}: used {used}")
         balances[str(asset)] = Balance(asset=str(asset), free=free, used=used)
     return balances
+
+
+def _check_balance_answer(info: object, venue: str) -> None:
+    """ccxt reads an answer of the wrong shape as an account that holds nothing; a bot must not
+    (its opening balances, a reconciliation's adjustments). The venue's own answer is checked:
+    kraken's BalanceEx result is an object, ndax's GetAccountPositions a list."""
+    if venue == "kraken":
+        result = info.get("result") if isinstance(info, Mapping) else None
+        if not isinstance(result, Mapping):
+            raise malformed(venue, "balance", f"result is {type(result).__name__}, not an object")
+    elif venue == "ndax" and not isinstance(info, list):
+        raise malformed(venue, "balance", f"answer is {type(info).__name__}, not a list")
 
 
 def parse_positions(raws: Iterable[object], venue: str) -> list[MarginPosition]:

@@ -681,12 +681,6 @@ async def test_a_kraken_that_cannot_be_read_is_an_error_in_the_report_and_nothin
     assert bot["remaining"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a BalanceEx answer whose result is not a mapping (valid JSON, wrong shape) is "
-    "read by ccxt as an account holding nothing; the adapter does not check it, so the report "
-    "shows every balance drifting to 0 and apply writes adjustments of -10000 AUD and -0.05 BTC",
-)
 async def test_a_balance_answer_of_the_wrong_shape_is_an_error_and_nothing_is_corrected(
     live: Live,
 ) -> None:
