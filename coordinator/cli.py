@@ -21,11 +21,18 @@ from typing import IO
 from coordinator import __version__
 from coordinator.accounts import MissingCredentials
 from coordinator.api.auth import TokenError, load_or_create_admin_token, load_or_create_token
+from coordinator.backup_cli import (
+    BACKUP_COMMANDS,
+    add_backup_commands,
+    restore_hint,
+    run_backup_command,
+)
 from coordinator.bot_test import print_summary, run_bot_test, with_mode
 from coordinator.breaker_cli import add_breaker_commands, reset_breaker
 from coordinator.config import ConfigError, embedded_config_dir, load_config
 from coordinator.config.models import BotMode, CoordinatorConfig
 from coordinator.logging_setup import configure_logging, stop_logging
+from coordinator.reconcile_cli import add_reconcile_command, reconcile
 from coordinator.runtime import DATABASE_FILE
 from coordinator.server import ServerOptions, StartupError, serve
 from coordinator.store.sqlite import StoreError
@@ -55,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="database and token")
     parser.add_argument("--log-dir", type=Path, default=Path("logs"), help="JSON-lines log")
+    parser.add_argument(
+        "--backup-dir", type=Path, default=Path("backups"), help="config and database backups"
+    )
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
@@ -88,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_breaker_commands(commands)
+    add_reconcile_command(commands)
+    add_backup_commands(commands)
     return parser
 
 
@@ -132,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     if args.verify_data:  # before the config: the data can be checked while the config is broken
         return run_verify_data(args)
+    if args.command in BACKUP_COMMANDS:  # before the config: restore mends a broken one
+        return run_backup_command(args, _config_dir(args.config_dir), _lock_data_dir)
     config_dir = _config_dir(args.config_dir)
     try:
         config = load_config(config_dir)
@@ -140,6 +154,8 @@ def _main(args: argparse.Namespace) -> int:
         for issue in exc.issues:
             _say(f"  {issue}")
         _say("nothing was started; fix the files above and start again")
+        if (hint := restore_hint(args)) is not None:
+            _say(hint)
         return EXIT_BAD_CONFIG
     try:
         listener = configure_logging(args.log_dir, args.log_level)
@@ -149,6 +165,8 @@ def _main(args: argparse.Namespace) -> int:
     try:
         if args.command == "breaker":
             return _breaker(args, config)
+        if args.command == "reconcile":
+            return _reconcile(args, config)
         if args.test:
             return _bot_test(args, config)
         if args.read_only:
@@ -178,6 +196,20 @@ def _bot_test(args: argparse.Namespace, config: CoordinatorConfig) -> int:
     return EXIT_OK if summary["error"] is None else EXIT_START_FAILED
 
 
+def _reconcile(args: argparse.Namespace, config: CoordinatorConfig) -> int:
+    if not (args.data_dir / DATABASE_FILE).exists():
+        _say(f"no journal at {args.data_dir / DATABASE_FILE}: pass the coordinator's --data-dir")
+        return EXIT_START_FAILED
+    try:
+        lock = _lock_data_dir(args.data_dir)
+    except StartupError:
+        return reconcile(args, config, running=True)
+    try:
+        return reconcile(args, config, running=False)
+    finally:
+        lock.close()
+
+
 def _breaker(args: argparse.Namespace, config: CoordinatorConfig) -> int:
     if not (args.data_dir / DATABASE_FILE).exists():
         _say(f"no journal at {args.data_dir / DATABASE_FILE}: pass the coordinator's --data-dir")
@@ -205,7 +237,7 @@ def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) 
     except (OSError, TokenError, StartupError) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_START_FAILED
-    options = ServerOptions(args.host, args.port, args.data_dir)
+    options = ServerOptions(args.host, args.port, args.data_dir, args.backup_dir)
     try:
         with asyncio.Runner(loop_factory=_loop_factory(args.no_uvloop)) as runner:
             runner.run(serve(config, options, token, admin_token))
