@@ -72,6 +72,9 @@ _REMEMBERED_IDS = 10_000
 # ccxt 4.5.90 batches kraken QueryTrades by 20 ids and then sends one more, empty batch when the
 # ids divide evenly; batches of 19 never trigger it.
 _KRAKEN_TRADE_BATCH = 19
+# Kraken's TradesHistory answers 50 trades a page; reconciliation reads at most this many pages.
+_KRAKEN_TRADES_PAGE = 50
+_MAX_TRADE_PAGES = 20
 # Credential failures ccxt 4.5.90 raises as a plain ExchangeError: kraken's wrong secret, and
 # AlphaPoint's (ndax's) errorcode 20.
 _AUTH_FAILURES = {
@@ -215,6 +218,7 @@ class CcxtExchange:
         self._clock = clock or _utc_now
         self._exchange_ids: OrderedDict[int, str] = OrderedDict()
         self.history_since: datetime | None = None  # the venue keeps the account's history
+        self.trades_complete = True  # the last fetch_my_trades read its whole window
         install_response_guard(client)
 
     # ----- ExchangeAdapter ----------------------------------------------------------------
@@ -303,9 +307,17 @@ class CcxtExchange:
     async def fetch_my_trades(
         self, symbol: str, since: datetime | None = None
     ) -> list[AccountTrade]:
+        """The account's trades on `symbol` since `since`, oldest first. Kraken answers 50
+        trades a page, newest first, for every pair together: its pages are read until one is
+        short, at most `_MAX_TRADE_PAGES`; `trades_complete` says whether the window was read
+        to its start."""
         since_ms = None if since is None else int(since.timestamp() * 1000)
-        raws = await self._call(self.client.fetch_my_trades, symbol, since_ms)
-        return [
+        self.trades_complete = True
+        if self.venue == "kraken":
+            raws = await self._kraken_trade_pages(since_ms)
+        else:
+            raws = await self._call(self.client.fetch_my_trades, symbol, since_ms)
+        trades = [
             parse.account_trade(
                 raw,
                 venue=self.venue,
@@ -315,7 +327,30 @@ class CcxtExchange:
                 clock=self._clock,
             )
             for raw in raws
+            if not isinstance(raw, Mapping) or raw.get("symbol") in (None, symbol)
         ]
+        return sorted(trades, key=lambda t: (t.trade.timestamp, t.trade.trade_id))
+
+    async def _kraken_trade_pages(self, since_ms: int | None) -> list[Any]:
+        raws: list[Any] = []
+        for page in range(_MAX_TRADE_PAGES):
+            batch = await self._call(
+                self.client.fetch_my_trades,
+                None,  # every pair: a page is 50 trades of the account, whatever their pair
+                since_ms,
+                params={"ofs": page * _KRAKEN_TRADES_PAGE},
+            )
+            raws += batch
+            if len(batch) < _KRAKEN_TRADES_PAGE:
+                return raws
+        self.trades_complete = False
+        log.warning(
+            "%s: more than %d trades since %s; only the newest were read",
+            self.name,
+            len(raws),
+            since_ms,
+        )
+        return raws
 
     async def cancel_all(self, symbol: str) -> list[OrderSnapshot]:
         """Cancel every open order on `symbol` (ours or not), one by one; returns their final

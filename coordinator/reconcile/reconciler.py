@@ -98,11 +98,14 @@ class Reconciler:
             ctx.bot, ctx.exchange, ctx.account, running=runner.state in _ACTIVE
         )
         since = self._clock() - timedelta(hours=self.settings.trade_lookback_hours)
-        result.trades_compared_since = max(since, ctx.history_since) if ctx.history_since else since
         found = await self._compare(runner, ctx, since, result.errors)
         if found is None:
             return result
         result.differences, exchange = found
+        compared = exchange.trades_since
+        result.trades_compared_since = (
+            max(compared, ctx.history_since) if ctx.history_since else compared
+        )
         if corrector is None:
             return result
         if any(d.correctable for d in result.differences):
@@ -177,6 +180,8 @@ async def _read_exchange(
     if isinstance(adapter, ReconcilableExchange):
         trades = await adapter.fetch_my_trades(symbol, since)
         positions = await adapter.fetch_positions()
+        if trades and not getattr(adapter, "trades_complete", True):
+            since = trades[0].trade.timestamp  # the venue's history was read this far back
     else:
         trades, positions = [], []
     balances = await adapter.fetch_balance()

@@ -502,7 +502,9 @@ async def test_my_trades_name_their_orders(kraken: CcxtExchange, m: aioresponses
     m.post(KRAKEN_PRIVATE + "TradesHistory", payload=kraken_ok({"trades": {"T1": trade}}))
     [mine] = await kraken.fetch_my_trades(SYMBOL, since=datetime(2026, 1, 1, tzinfo=UTC))
     assert (mine.exchange_order_id, mine.side, mine.trade.trade_id) == (TXID, Side.BUY, "T1")
-    assert form_bodies(m, KRAKEN_PRIVATE + "TradesHistory") == [{"start": "1767225600"}]
+    # One page (fewer than kraken's 50 trades a page): the history was read to its start.
+    assert form_bodies(m, KRAKEN_PRIVATE + "TradesHistory") == [{"start": "1767225600", "ofs": "0"}]
+    assert kraken.trades_complete
 
 
 async def test_positions_status_and_ticker(kraken: CcxtExchange, m: aioresponses) -> None:

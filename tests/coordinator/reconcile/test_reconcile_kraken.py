@@ -736,12 +736,6 @@ async def test_a_running_bot_keeps_trading_while_a_reconciliation_cannot_read_kr
 # ----- kraken's trade history comes in pages ----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: CcxtExchange.fetch_my_trades asks kraken's TradesHistory once, and kraken "
-    "answers the newest 50 trades only: a missing fill older than those is never compared, "
-    "yet the report says trades were compared since the whole lookback window",
-)
 async def test_a_missing_fill_older_than_the_newest_page_of_trades_is_still_found(
     live: Live,
 ) -> None:

@@ -3,6 +3,7 @@ applies only when told to."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -93,7 +94,13 @@ async def test_a_scheduled_run_reports_drift_without_correcting_it(
     assert last is not None
     assert (last.trigger, last.actor, last.applied) == ("schedule", "schedule", False)
     assert reporting.supervisor.runner("kraken").parts.book.balances["AUD"] == journal_before
-    audit = [e for e in await reporting.journal.recent_audit(20) if e["actor"] == "schedule"]
+    # The run is audited right after it ends (the report is visible a moment before).
+    audit: list[dict[str, Any]] = []
+    for _ in range(200):
+        audit = [e for e in await reporting.journal.recent_audit(20) if e["actor"] == "schedule"]
+        if audit:
+            break
+        await asyncio.sleep(0.01)
     assert audit
     assert {e["action"] for e in audit} == {"reconcile.report"}
 
