@@ -301,6 +301,9 @@ def _balances(
         unexplained = raw if after is None else on_exchange - after.get(asset, ZERO)
         if abs(raw) <= limit and abs(unexplained) <= limit:
             continue
+        if abs(raw) <= limit and after is not None:
+            differences.append(_book_mismatch(ctx, asset, in_journal, after.get(asset, ZERO)))
+            continue
         if ctx.shared_account:
             detail = (
                 f"the account is shared by {', '.join(ctx.account_bots)}: compared with their "
@@ -329,6 +332,23 @@ def _balances(
             )
         )
     return differences
+
+
+def _book_mismatch(ctx: BotContext, asset: str, stored: Decimal, replayed: Decimal) -> Difference:
+    return Difference(
+        ctx.bot,
+        Kind.BOOK_MISMATCH,
+        f"balance {asset}",
+        f"{stored} stored; its fills and adjustments add up to {replayed}",
+        str(stored),
+        replayed - stored,
+        "the stored balance agrees with the exchange but the journal's fills do not add up to "
+        "it: a fill row is missing whose trade is older than the window compared (bot-coordinator "
+        "--verify-data names the order; a longer reconciliation.trade_lookback_hours finds the "
+        "trade). Not adjusted: an adjustment would hide the lost fill",
+        correctable=False,
+        asset=asset,
+    )
 
 
 def _positions(

@@ -5,9 +5,8 @@ same commit as the change it makes, and the changed rows name it:
 - an order the journal still holds live is brought up to date by the bot's own gateway (the
   path every fill takes), its events saying "reconciliation correction #id";
 - an order the journal finished (failed, cancelled) that the exchange has open or filled gets
-  the exchange's status and its missing fills, in one commit;
-- the position and balances are then recomputed from the journal's fills and adjustments, and
-  stored if they differ (one correction, with the before and after);
+  the exchange's status and its missing fills, in one commit with the position and balances
+  replayed from every fill the journal then holds;
 - a balance the exchange still reports differently becomes a `balance_adjustments` entry.
 
 Book changes happen under the gateway's book lock, so a fill the gateway applies meanwhile
@@ -26,11 +25,16 @@ from bots.book import BotBook
 from bots.errors import ExchangeError
 from bots.gateway import OrderGateway
 from bots.journal import FillRecord, JournalOrder, OrderStatus
-from bots.ledger import Position, replay
+from bots.ledger import LedgerFill, Position, replay
 from bots.models import AccountTrade, ExchangeOrderStatus, OrderSnapshot
 from coordinator.reconcile.compare import BotContext, ExchangeView
 from coordinator.reconcile.model import Correction, Difference, Kind
-from coordinator.store.reconciliation import CorrectionRow, JournalFill, ReconciliationStore
+from coordinator.store.reconciliation import (
+    BookWrite,
+    CorrectionRow,
+    JournalFill,
+    ReconciliationStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +100,6 @@ class Corrector:
             }
             if in_journal:
                 corrections += await self._in_journal(target, in_journal)
-            book = await self._recompute_book(target)
-            if book is not None:
-                corrections.append(book)
             corrections += await self._balances(target, differences, exchange)
         return corrections, errors
 
@@ -116,18 +117,22 @@ class Corrector:
             diffs[0].exchange,
             "brought up to date from the exchange by the bot's order gateway",
         )
+        # Recorded first, so the order event the gateway writes never names a correction that
+        # is not there (a crash in between leaves a correction that changed nothing, and says
+        # what it was about to do).
+        await self.store.record(row)
         try:
             changed = await target.gateway.refresh_order(cid, row.tag)
         except ExchangeError as exc:
             errors.append(f"order {cid}: could not ask {target.gateway.adapter.name}: {exc}")
             return None
         if not changed:
-            return None  # resolved (or being sent) meanwhile: nothing of ours to record
+            return None  # resolved (or being sent) meanwhile
         after = target.book.live_orders.get(cid)
-        action = f"{row.action}; now {after.status.value if after else 'finished'}"
-        row = replace(row, action=action)
-        await self.store.record(row)
-        return _correction(row)
+        return replace(
+            _correction(row),
+            action=f"{row.action}; now {after.status.value if after else 'finished'}",
+        )
 
     async def _in_journal(
         self, target: BotTarget, finished: dict[int, list[Difference]]
@@ -136,6 +141,7 @@ class Corrector:
         gateway's book still has them): corrected in the journal directly, one commit each."""
         ctx = target.ctx
         view = await self.store.journal_view(ctx.bot, self._clock(), client_order_ids=finished)
+        ledger = list(view.ledger)
         corrections = []
         for cid, diffs in finished.items():
             before = view.orders.get(cid)
@@ -152,15 +158,26 @@ class Corrector:
             after = _corrected(before, snapshot, view.fills, fills, trades)
             if after == before and not fills:
                 continue
+            action = _describe(before, after, fills)
+            book: BookWrite | None = None
+            if fills:
+                # The position and balances move with the fills, in the same commit: replayed
+                # from every fill the journal will then hold, as --verify-data checks them.
+                ledger += [
+                    LedgerFill(f.side, f.amount, f.price, f.fee, f.fee_currency) for f in fills
+                ]
+                position, balances = replay(ledger, view.adjustments, ctx.base, ctx.quote)
+                stale = sorted(set(target.book.balances) - set(balances))
+                book = BookWrite(ctx.symbol, position, balances, stale)
+                if (position, balances) != (target.book.position, target.book.balances):
+                    action += f"; book recomputed from the fills: {_show_book(position, balances)}"
             row = self._row(
-                ctx.bot,
-                diffs[0].kind,
-                f"order {cid}",
-                diffs[0].journal,
-                diffs[0].exchange,
-                _describe(before, after, fills),
+                ctx.bot, diffs[0].kind, f"order {cid}", diffs[0].journal, diffs[0].exchange, action
             )
-            await self.store.correct_order(row, before, after, fills)
+            await self.store.correct_order(row, before, after, fills, book)
+            if book is not None:
+                target.book.position = book.position
+                target.book.balances = dict(book.balances)
             if not after.is_terminal:
                 target.book.live_orders[cid] = after
                 target.book.trade_ids[cid] = have | {f.trade_id for f in fills}
@@ -170,29 +187,6 @@ class Corrector:
         return corrections
 
     # -- the book and balances -----------------------------------------------------------------
-
-    async def _recompute_book(self, target: BotTarget) -> Correction | None:
-        """The position and balances the fills and adjustments add up to, if the stored ones
-        differ (a fill recorded above, or a book edited by hand)."""
-        ctx = target.ctx
-        adjustments, ledger = await self.store.ledger(ctx.bot)
-        position, balances = replay(ledger, adjustments, ctx.base, ctx.quote)
-        book = target.book
-        if position == book.position and balances == book.balances:
-            return None
-        stale = sorted(set(book.balances) - set(balances))
-        row = self._row(
-            ctx.bot,
-            "book",
-            "position and balances",
-            _show_book(book.position, book.balances),
-            _show_book(position, balances),
-            "recomputed from the journal's fills and balance adjustments",
-        )
-        await self.store.write_book(row, ctx.bot, ctx.symbol, position, balances, stale)
-        book.position = position
-        book.balances = dict(balances)
-        return _correction(row)
 
     async def _balances(
         self, target: BotTarget, differences: Sequence[Difference], exchange: ExchangeView

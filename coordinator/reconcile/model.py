@@ -23,6 +23,9 @@ class Kind(enum.StrEnum):
     ORDER_CLOSED_ON_EXCHANGE = "order_closed_on_exchange"  # journal: live; exchange: closed
     ORDER_UNKNOWN_TO_EXCHANGE = "order_unknown_to_exchange"  # journal: live; exchange: none
     BALANCE_DRIFT = "balance_drift"
+    # The stored balance is the exchange's, but the journal's fills do not add up to it: a fill
+    # row is missing whose trade is not in the window compared.
+    BOOK_MISMATCH = "book_mismatch"
     POSITION_DRIFT = "position_drift"
 
 

@@ -61,6 +61,16 @@ class JournalView:
 
 
 @dataclass(frozen=True, slots=True)
+class BookWrite:
+    """A bot's position and balances to store (assets in `stale` are removed)."""
+
+    symbol: str
+    position: Position
+    balances: Mapping[str, Decimal]
+    stale: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class CorrectionRow:
     id: int
     run_id: int
@@ -283,6 +293,7 @@ class ReconciliationStore:
         before: JournalOrder,
         after: JournalOrder,
         fills: Sequence[FillRecord],
+        book: BookWrite | None = None,
     ) -> None:
         """Give an order the exchange's status and record its missing fills, in one commit,
         with an order event that names the correction. A move the transition table forbids
@@ -321,28 +332,20 @@ class ReconciliationStore:
             )
         )
         statements.extend(_fill_insert(fill, correction.at) for fill in fills)
+        if book is not None:
+            statements.extend(self._book_statements(correction, after.bot, book))
         await self.store.write(statements)
 
-    async def write_book(
-        self,
-        correction: CorrectionRow,
-        bot: str,
-        symbol: str,
-        position: Position,
-        balances: Mapping[str, Decimal],
-        stale_assets: Iterable[str],
-    ) -> None:
-        """Store the position and balances the journal's fills and adjustments add up to."""
-        statements: list[Write] = [
-            correction.statement(),
-            _position_upsert(bot, symbol, position, correction.at),
-            *_balance_upserts(bot, balances, correction.at),
+    @staticmethod
+    def _book_statements(correction: CorrectionRow, bot: str, book: BookWrite) -> list[Write]:
+        return [
+            _position_upsert(bot, book.symbol, book.position, correction.at),
+            *_balance_upserts(bot, book.balances, correction.at),
+            *(
+                ("DELETE FROM balances WHERE bot = ? AND asset = ?", (bot, asset))
+                for asset in book.stale
+            ),
         ]
-        statements.extend(
-            ("DELETE FROM balances WHERE bot = ? AND asset = ?", (bot, asset))
-            for asset in stale_assets
-        )
-        await self.store.write(statements)
 
     async def adjust_balance(
         self, correction: CorrectionRow, bot: str, asset: str, amount: Decimal, total: Decimal

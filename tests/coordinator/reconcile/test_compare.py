@@ -256,3 +256,28 @@ def test_a_margin_position_that_differs_is_reported_for_an_operator() -> None:
     e = exchange(positions=[MarginPosition("BTC/AUD", "short", Decimal(2), None)])
     (d,) = compare(CTX, journal(), e, journal().balances, SETTINGS.tolerance)
     assert (d.kind, d.difference, d.correctable) == (Kind.POSITION_DRIFT, Decimal(-2), False)
+
+
+def test_a_balance_the_fills_no_longer_add_up_to_is_a_book_mismatch_never_adjusted() -> None:
+    """A fill row lost from before the window: the stored balance still matches the exchange,
+    but the journal's own fills do not add up to it. An adjustment would hide the lost fill."""
+    consistent = journal([order(1, OrderStatus.FILLED, "0.5")], [fill(1, "T1", T0)])
+    lost = JournalView(
+        consistent.orders,
+        {},
+        consistent.balances,
+        consistent.position,
+        consistent.adjustments,
+        [],
+    )
+    differences = compare(
+        CTX,
+        lost,
+        exchange(balances={k: str(v) for k, v in consistent.balances.items()}),
+        consistent.balances,
+        SETTINGS.tolerance,
+    )
+    assert {(d.kind, d.subject, d.correctable) for d in differences} == {
+        (Kind.BOOK_MISMATCH, "balance AUD", False),
+        (Kind.BOOK_MISMATCH, "balance BTC", False),
+    }
