@@ -50,7 +50,7 @@ from bots.strategies.base import FillView
 
 log = logging.getLogger(__name__)
 
-_STATUS_FROM_EXCHANGE = {
+STATUS_FROM_EXCHANGE = {
     ExchangeOrderStatus.OPEN: OrderStatus.OPEN,
     ExchangeOrderStatus.CLOSED: OrderStatus.FILLED,
     ExchangeOrderStatus.CANCELED: OrderStatus.CANCELED,
@@ -555,7 +555,7 @@ class OrderGateway:
                 return  # already terminal
             seen = self.book.trade_ids.setdefault(client_order_id, set())
             new_trades = [t for t in snapshot.trades if t.trade_id not in seen]
-            status = _STATUS_FROM_EXCHANGE[snapshot.status]
+            status = STATUS_FROM_EXCHANGE[snapshot.status]
             if status is order.status and not new_trades and snapshot.filled == order.filled:
                 return
             now = self._clock()

@@ -11,13 +11,11 @@ import argparse
 import asyncio
 import json
 import sys
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
-from coordinator.api.auth import TokenError, load_or_create_token
 from coordinator.config.models import CoordinatorConfig
+from coordinator.control_client import ControlPlaneError, post_to_running
 from coordinator.errors import CoordinatorError
 from coordinator.runtime import DATABASE_FILE
 from coordinator.safety.layer import SafetyLayer
@@ -86,33 +84,11 @@ async def _reset_in_store(args: argparse.Namespace, config: CoordinatorConfig) -
 
 
 def _reset_through_control_plane(args: argparse.Namespace) -> int:
+    body = {"name": args.name, "approved_by": args.approved_by, "reason": args.reason}
     try:
-        token = load_or_create_token(args.data_dir)
-    except TokenError as exc:
-        _say(f"cannot read the control token: {exc}")
-        return 1
-    body = json.dumps(
-        {"name": args.name, "approved_by": args.approved_by, "reason": args.reason}
-    ).encode()
-    request = urllib.request.Request(
-        f"http://{args.host}:{args.port}/breakers/reset",
-        data=body,
-        headers={"Authorization": f"Bearer {token.value}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=10) as response:
-            result = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        error = json.loads(exc.read() or b"{}").get("error", {})
-        _say(f"breaker reset refused ({exc.code}): {error.get('message', exc.reason)}")
-        return 1
-    except (urllib.error.URLError, OSError) as exc:
-        _say(
-            f"a coordinator holds {args.data_dir} but does not answer on "
-            f"{args.host}:{args.port} ({exc}); pass its --host/--port"
-        )
+        result = post_to_running(args.data_dir, args.host, args.port, "/breakers/reset", body)
+    except ControlPlaneError as exc:
+        _say(f"breaker reset: {exc.message}")
         return 1
     _say(f"breaker {args.name} reset by the running coordinator")
     print(json.dumps(result, indent=2))

@@ -197,29 +197,25 @@ def _bot_test(args: argparse.Namespace, config: CoordinatorConfig) -> int:
 
 
 def _reconcile(args: argparse.Namespace, config: CoordinatorConfig) -> int:
-    if not (args.data_dir / DATABASE_FILE).exists():
-        _say(f"no journal at {args.data_dir / DATABASE_FILE}: pass the coordinator's --data-dir")
-        return EXIT_START_FAILED
-    try:
-        lock = _lock_data_dir(args.data_dir)
-    except StartupError:
-        return reconcile(args, config, running=True)
-    try:
-        return reconcile(args, config, running=False)
-    finally:
-        lock.close()
+    return _on_journal(args, lambda running: reconcile(args, config, running))
 
 
 def _breaker(args: argparse.Namespace, config: CoordinatorConfig) -> int:
+    return _on_journal(args, lambda running: reset_breaker(args, config, running))
+
+
+def _on_journal(args: argparse.Namespace, command: Callable[[bool], int]) -> int:
+    """Run a command on the data dir's journal: `command(True)` when a coordinator holds it
+    (ask that one), else `command(False)` holding the lock so none starts meanwhile."""
     if not (args.data_dir / DATABASE_FILE).exists():
         _say(f"no journal at {args.data_dir / DATABASE_FILE}: pass the coordinator's --data-dir")
         return EXIT_START_FAILED
     try:
         lock = _lock_data_dir(args.data_dir)
     except StartupError:
-        return reset_breaker(args, config, running=True)
+        return command(True)
     try:
-        return reset_breaker(args, config, running=False)
+        return command(False)
     finally:
         lock.close()
 

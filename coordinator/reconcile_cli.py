@@ -15,13 +15,11 @@ import argparse
 import asyncio
 import json
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
 from coordinator.accounts import MissingCredentials
-from coordinator.api.auth import TokenError, load_or_create_token
 from coordinator.config.models import CoordinatorConfig
+from coordinator.control_client import ControlPlaneError, post_to_running
 from coordinator.errors import CoordinatorError
 from coordinator.reconcile.model import render_table
 from coordinator.runtime import Coordinator
@@ -78,34 +76,13 @@ async def _in_process(args: argparse.Namespace, config: CoordinatorConfig) -> di
 
 
 def _through_control_plane(args: argparse.Namespace) -> dict[str, Any] | None:
-    try:
-        token = load_or_create_token(args.data_dir)
-    except TokenError as exc:
-        _say(f"cannot read the control token: {exc}")
-        return None
-    body = json.dumps({"bot": args.reconcile_bot, "apply": args.reconcile_apply}).encode()
-    request = urllib.request.Request(
-        f"http://{args.host}:{args.port}/reconcile",
-        data=body,
-        headers={"Authorization": f"Bearer {token.value}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    body = {"bot": args.reconcile_bot, "apply": args.reconcile_apply}
     try:
         # A reconciliation reads every bot's exchange: give it time.
-        with opener.open(request, timeout=300) as response:
-            result: dict[str, Any] = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        error = json.loads(exc.read() or b"{}").get("error", {})
-        _say(f"reconcile refused ({exc.code}): {error.get('message', exc.reason)}")
+        return post_to_running(args.data_dir, args.host, args.port, "/reconcile", body, 300)
+    except ControlPlaneError as exc:
+        _say(f"reconcile: {exc.message}")
         return None
-    except (urllib.error.URLError, OSError) as exc:
-        _say(
-            f"a coordinator holds {args.data_dir} but does not answer on "
-            f"{args.host}:{args.port} ({exc}); pass its --host/--port"
-        )
-        return None
-    return result
 
 
 def _say(line: str) -> None:

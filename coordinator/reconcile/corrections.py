@@ -23,10 +23,10 @@ from decimal import Decimal
 
 from bots.book import BotBook
 from bots.errors import ExchangeError
-from bots.gateway import OrderGateway
+from bots.gateway import STATUS_FROM_EXCHANGE, OrderGateway
 from bots.journal import FillRecord, JournalOrder, OrderStatus
 from bots.ledger import LedgerFill, Position, replay
-from bots.models import AccountTrade, ExchangeOrderStatus, OrderSnapshot
+from bots.models import AccountTrade, OrderSnapshot
 from coordinator.reconcile.compare import BotContext, ExchangeView
 from coordinator.reconcile.model import Correction, Difference, Kind
 from coordinator.store.reconciliation import (
@@ -38,12 +38,6 @@ from coordinator.store.reconciliation import (
 
 log = logging.getLogger(__name__)
 
-_STATUS = {
-    ExchangeOrderStatus.OPEN: OrderStatus.OPEN,
-    ExchangeOrderStatus.CLOSED: OrderStatus.FILLED,
-    ExchangeOrderStatus.CANCELED: OrderStatus.CANCELED,
-    ExchangeOrderStatus.REJECTED: OrderStatus.REJECTED,
-}
 _ORDER_KINDS = frozenset(
     {
         Kind.MISSING_FILL,
@@ -291,7 +285,7 @@ def _corrected(
     filled = sum((f.amount for (c, _), f in fills.items() if c == cid), Decimal(0))
     filled += sum((f.amount for f in new), Decimal(0))
     if snapshot is not None:
-        status = _STATUS[snapshot.status]
+        status = STATUS_FROM_EXCHANGE[snapshot.status]
         exchange_order_id: str | None = snapshot.exchange_order_id
     else:
         # Not open on the exchange (or it would have a snapshot), and it traded: finished.
