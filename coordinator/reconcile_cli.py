@@ -68,6 +68,7 @@ def reconcile(args: argparse.Namespace, config: CoordinatorConfig, running: bool
 async def _in_process(args: argparse.Namespace, config: CoordinatorConfig) -> dict[str, Any]:
     coordinator = await Coordinator.open(config, args.data_dir)
     try:
+        await coordinator.orders_resolved()  # compare a settled journal
         return await coordinator.reconcile(
             args.reconcile_bot, args.reconcile_apply, ACTOR, trigger="cli"
         )

@@ -71,6 +71,7 @@ class Coordinator:
             supervisor.runners, store, config.recovery.reconciliation, clock
         )
         self._reconcile_task: asyncio.Task[None] | None = None
+        self._resolving: asyncio.Task[None] | None = None
         self.next_reconciliation_at: datetime | None = None
         # Cancellations a kill switch started and did not finish before answering.
         self._background: set[asyncio.Task[Any]] = set()
@@ -119,7 +120,10 @@ class Coordinator:
                     clock,
                     start_guard=_refuse_while_active(kill_switch),
                 )
-                await _resolve_orders_left_live(runners[bot.name])
+                if isinstance(parts.adapter, PaperExchange):
+                    await _resolve_orders_left_live(runners[bot.name])  # in memory: at once
+                else:
+                    runners[bot.name].hold_for_resolution()
                 await journal.save_bot_state(bot.name, clock(), state=BotState.STOPPED.value)
         except BaseException:
             await accounts.close()
@@ -137,6 +141,12 @@ class Coordinator:
             failovers=coordinator.endpoint_failovers(runners.values()),
         )
         coordinator.health.start()
+        # A venue's orders are resolved in the background, so a slow or dead exchange does not
+        # keep the control plane (and the kill switch) from answering; each such bot refuses to
+        # start until its orders are resolved.
+        coordinator._resolving = asyncio.create_task(
+            coordinator._resolve_left_live(), name="resolve-left-live"
+        )
         if backup_dir is not None:  # scheduled and on-demand backups of config and journal
             coordinator.backups = BackupService(
                 config.recovery.backups, config.source_dir, backup_dir, store.path, clock, journal
@@ -313,6 +323,22 @@ class Coordinator:
         )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    # -- orders left in flight by the previous run -----------------------------------------------
+
+    async def _resolve_left_live(self) -> None:
+        waiting = [r for r in self.supervisor.runners.values() if r.unresolved_orders]
+        results = await asyncio.gather(
+            *(_resolve_orders_left_live(r) for r in waiting), return_exceptions=True
+        )
+        for runner, result in zip(waiting, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("%s: resolving its orders failed: %r", runner.name, result)
+
+    async def orders_resolved(self) -> None:
+        """Wait for the start-up resolution of orders left in flight (tests, the CLI)."""
+        if self._resolving is not None:
+            await asyncio.shield(self._resolving)
 
     # -- reconciliation --------------------------------------------------------------------------
 
@@ -524,9 +550,10 @@ class Coordinator:
     ) -> None:
         """Stop taking actions, stop every bot (cancelling open orders), then close everything."""
         self.accepting = False
-        if self._reconcile_task is not None:
-            self._reconcile_task.cancel()
-            await asyncio.gather(self._reconcile_task, return_exceptions=True)
+        for task in (self._resolving, self._reconcile_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.safety.stop_watch()
         if self.health is not None:
             await self.health.stop()

@@ -96,6 +96,8 @@ class BotRunner:
         # Orders from a previous process the exchange could not be asked about: the bot may
         # not trade on a book it does not know, so it stays stopped until they are resolved.
         self.unresolved_orders: list[int] = []
+        self._resolving = asyncio.Lock()  # one resolution at a time (start-up's and a start's)
+        self._error_is_resolution = False  # last_error is about unresolved orders
 
     # -- control ---------------------------------------------------------------------------------
 
@@ -137,19 +139,35 @@ class BotRunner:
         self._task.add_done_callback(self._on_task_done)
         log.info("%s: starting%s", self.name, " in safe mode" if safe_mode else "")
 
+    def hold_for_resolution(self) -> None:
+        """The orders the journal holds live from the previous run are to be resolved (in the
+        background): until they are, the bot may not start."""
+        self.unresolved_orders = sorted(self.parts.book.live_orders)
+        if self.unresolved_orders:
+            self.last_error = (
+                f"resolving {len(self.unresolved_orders)} order(s) left in flight by the "
+                f"previous run with {self.parts.adapter.name}"
+            )
+            self._error_is_resolution = True
+
     async def resolve_orders_left_live(self, detail: str) -> list[int]:
         """Settle the orders the journal holds live with the exchange; returns those it could
         not ask about, which keep the bot from starting."""
-        self.unresolved_orders = await self.gateway().refresh_live_orders(detail)
-        if self.unresolved_orders:
-            ids = ", ".join(str(i) for i in self.unresolved_orders)
-            self.last_error = (
-                f"order(s) {ids} left in flight by the previous run could not be resolved with "
-                f"{self.parts.adapter.name}; the bot stays stopped until they are (POST /start "
-                "asks the exchange again; POST /reconcile shows the differences)"
-            )
-            log.error("%s: %s", self.name, self.last_error)
-        return self.unresolved_orders
+        async with self._resolving:
+            self.unresolved_orders = await self.gateway().refresh_live_orders(detail)
+            if self.unresolved_orders:
+                ids = ", ".join(str(i) for i in self.unresolved_orders)
+                self.last_error = (
+                    f"order(s) {ids} left in flight by the previous run could not be resolved "
+                    f"with {self.parts.adapter.name}; the bot stays stopped until they are "
+                    "(POST /start asks the exchange again; POST /reconcile shows the differences)"
+                )
+                self._error_is_resolution = True
+                log.error("%s: %s", self.name, self.last_error)
+            elif self._error_is_resolution:
+                self.last_error = None
+                self._error_is_resolution = False
+            return self.unresolved_orders
 
     async def stop(self, reason: str, grace_seconds: float) -> list[str]:
         """Stop ticking, cancel every open order, persist. Returns cancellation errors."""

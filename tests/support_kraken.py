@@ -7,9 +7,10 @@ ccxt's real kraken code runs against these endpoints; only the HTTP layer is fak
 
 from __future__ import annotations
 
+import inspect
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -282,15 +283,17 @@ def serving(
         yield m
 
 
-def _logged(kraken: FakeKraken, endpoint: str) -> Callable[..., CallbackResult]:
+def _logged(kraken: FakeKraken, endpoint: str) -> Callable[..., Awaitable[CallbackResult]]:
     """The callback for `endpoint`: `kraken`'s method of that name (looked up at each call, so
-    a subclass may override it), noted in `kraken.calls` even when it raises."""
+    a subclass may override it, with a coroutine too: to make the venue slow), noted in
+    `kraken.calls` even when it raises."""
     name = "".join(f"_{c.lower()}" if c.isupper() else c for c in endpoint).lstrip("_")
 
-    def callback(url: Any, **kwargs: Any) -> CallbackResult:
+    async def callback(url: Any, **kwargs: Any) -> CallbackResult:
         form = FakeKraken.form(kwargs)
         try:
-            result: CallbackResult = getattr(kraken, name)(url, **kwargs)
+            answer = getattr(kraken, name)(url, **kwargs)
+            result: CallbackResult = await answer if inspect.isawaitable(answer) else answer
         except BaseException:
             kraken.calls.append(Call(endpoint, form))
             raise

@@ -77,7 +77,11 @@ async def load(tmp_path: Path, change: Any) -> CoordinatorConfig:
 
 async def open_process(config: CoordinatorConfig, data_dir: Path) -> Coordinator:
     """A coordinator "process" on `data_dir`, with a kraken client of its own."""
-    return await Coordinator.open(config, data_dir, accounts=Accounts(make_client))
+    coordinator = await Coordinator.open(config, data_dir, accounts=Accounts(make_client))
+    # A venue's orders left in flight are resolved in the background; the bot cannot start
+    # before that is done (the tests check it never traded first).
+    await coordinator.orders_resolved()
+    return coordinator
 
 
 async def restart(config: CoordinatorConfig, data_dir: Path, m: aioresponses) -> Coordinator:
@@ -838,4 +842,73 @@ async def test_an_acknowledged_order_missing_from_kraken_lists_at_restart_is_not
             assert row["status"] == "open"
             assert str(crashed) in second.bot_status(runner)["error"]
     finally:
+        await second.close(grace_seconds=0.5)
+
+
+class HangingLookupsKraken(FakeKraken):
+    """While `hang`, kraken's order lists (the lookups by client order id) do not answer until
+    the test releases them: a venue that is slow at the moment the coordinator starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang = False
+        self.released: asyncio.Event | None = None
+
+    async def open_orders(self, url: Any, **kwargs: Any) -> CallbackResult:  # type: ignore[override]
+        if self.hang:
+            if self.released is None:
+                self.released = asyncio.Event()
+            await self.released.wait()
+        return super().open_orders(url, **kwargs)
+
+    def release(self) -> None:
+        self.hang = False
+        if self.released is not None:
+            self.released.set()
+
+
+@pytest.fixture
+def hanging() -> Iterator[tuple[HangingLookupsKraken, aioresponses]]:
+    yield from served(HangingLookupsKraken())
+
+
+async def test_a_slow_exchange_at_start_up_keeps_its_bot_stopped_not_the_control_plane(
+    tmp_path: Path, data_dir: Path, hanging: tuple[HangingLookupsKraken, aioresponses]
+) -> None:
+    """The start-up lookups of a venue's orders run in the background: the coordinator (and so
+    its kill switch) answers at once; the bot waits for its orders to be resolved."""
+    kraken, m = hanging
+    config = await load(tmp_path, dca)
+    async with process_killed_in(config, data_dir) as (first, crash):
+        die_on_send(first, crash, nth=3, reached_kraken=True)
+        await first.supervisor.start(BOT)
+    crashed = crash.client_order_id
+    assert crashed is not None
+    kraken.hang = True
+    mock_kraken_markets(m)
+
+    second = await asyncio.wait_for(
+        Coordinator.open(config, data_dir, accounts=Accounts(make_client)), timeout=10
+    )
+    try:
+        runner = second.supervisor.runner(BOT)
+        status = second.bot_status(runner)
+        assert status["unresolved_orders"] == [crashed]
+        assert status["error"].startswith("resolving 1 order(s) left in flight")
+        assert (await second.activate_kill_switch("drill", "test"))["active"] is True
+        await second.force_override_kill_switch("drill over", "admin-token", "test")
+
+        start = asyncio.create_task(second.start_bot(BOT, False, "test"))
+        await asyncio.sleep(0.2)
+        assert not start.done(), "the bot must wait for its orders to be resolved"
+        assert runner.stats.ticks == 0
+        kraken.release()
+        await asyncio.wait_for(start, timeout=10)
+
+        assert runner.unresolved_orders == []
+        assert (await order_row(data_dir, crashed))["status"] == "filled"
+        assert add_orders(kraken).count(kraken_cl_ord_id(crashed)) == 1
+        await second.supervisor.stop(BOT, "test over")
+    finally:
+        kraken.release()
         await second.close(grace_seconds=0.5)
