@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from bots.journal import JournalOrder, OrderStatus
-from bots.ledger import LedgerFill, replay
+from bots.ledger import apply_changes, balance_changes
 from bots.models import (
     AccountTrade,
     Balance,
@@ -38,6 +38,7 @@ class BotContext:
     account: str  # "paper account of grid-btc", "kraken key $KRAKEN_KEY"
     account_bots: tuple[str, ...]  # every bot on that account, this one included
     history_since: datetime | None  # trades before this are unknown to the venue
+    running: bool = False  # a bot on the account trades: a fill can land between the reads
 
     @property
     def shared_account(self) -> bool:
@@ -289,8 +290,15 @@ def _balances(
     explain is adjusted."""
     after: dict[str, Decimal] | None = None
     if not ctx.shared_account:
-        fills = list(journal.ledger) + [_ledger_fill(d.trade) for d in missing if d.trade]
-        after = replay(fills, journal.adjustments, ctx.base, ctx.quote)[1]
+        # A balance is a sum: the replayed balances plus what the missing fills move.
+        after = dict(journal.replayed_balances)
+        for d in missing:
+            if d.trade is not None:
+                t = d.trade.trade
+                changes = balance_changes(
+                    d.trade.side, t.amount, t.price, t.fee, t.fee_currency, ctx.base, ctx.quote
+                )
+                after.update(apply_changes(after, changes))
     differences = []
     for asset in sorted(set(account_balances) | {ctx.base, ctx.quote}):
         held = exchange.balances.get(asset)
@@ -302,9 +310,17 @@ def _balances(
         if abs(raw) <= limit and abs(unexplained) <= limit:
             continue
         if abs(raw) <= limit and after is not None:
-            differences.append(_book_mismatch(ctx, asset, in_journal, after.get(asset, ZERO)))
+            # On a running bot a fill committed between the journal's two reads looks the
+            # same; only a stopped bot's journal can be judged this way.
+            if not ctx.running:
+                differences.append(_book_mismatch(ctx, asset, in_journal, after.get(asset, ZERO)))
             continue
-        if ctx.shared_account:
+        if ctx.running and not ctx.shared_account:
+            detail = (
+                "a bot on the account is running, so a fill can land between the two reads: "
+                "stop it (or activate the kill switch) and reconcile again to correct this"
+            )
+        elif ctx.shared_account:
             detail = (
                 f"the account is shared by {', '.join(ctx.account_bots)}: compared with their "
                 "journals together; decide which bot's book it belongs to"
@@ -327,7 +343,7 @@ def _balances(
                 str(on_exchange),
                 raw,
                 detail,
-                correctable=not ctx.shared_account,
+                correctable=not ctx.shared_account and not ctx.running,
                 asset=asset,
             )
         )
@@ -377,11 +393,6 @@ def _positions(
             correctable=False,
         )
     ]
-
-
-def _ledger_fill(account_trade: AccountTrade) -> LedgerFill:
-    t = account_trade.trade
-    return LedgerFill(account_trade.side, t.amount, t.price, t.fee, t.fee_currency)
 
 
 def _show_order(order: JournalOrder) -> str:

@@ -25,7 +25,7 @@ from bots.book import BotBook
 from bots.errors import ExchangeError
 from bots.gateway import STATUS_FROM_EXCHANGE, OrderGateway
 from bots.journal import FillRecord, JournalOrder, OrderStatus
-from bots.ledger import LedgerFill, Position, replay
+from bots.ledger import LedgerFill, Position
 from bots.models import AccountTrade, OrderSnapshot
 from coordinator.reconcile.compare import BotContext, ExchangeView
 from coordinator.reconcile.model import Correction, Difference, Kind
@@ -134,8 +134,9 @@ class Corrector:
         """Orders the gateway does not hold live (or whose fill rows the journal lost while the
         gateway's book still has them): corrected in the journal directly, one commit each."""
         ctx = target.ctx
-        view = await self.store.journal_view(ctx.bot, self._clock(), client_order_ids=finished)
-        ledger = list(view.ledger)
+        view = await self.store.journal_view(
+            ctx.bot, self._clock(), ctx.base, ctx.quote, client_order_ids=finished
+        )
         corrections = []
         for cid, diffs in finished.items():
             before = view.orders.get(cid)
@@ -157,10 +158,12 @@ class Corrector:
             if fills:
                 # The position and balances move with the fills, in the same commit: replayed
                 # from every fill the journal will then hold, as --verify-data checks them.
-                ledger += [
-                    LedgerFill(f.side, f.amount, f.price, f.fee, f.fee_currency) for f in fills
-                ]
-                position, balances = replay(ledger, view.adjustments, ctx.base, ctx.quote)
+                position, balances = await self.store.replay(
+                    ctx.bot,
+                    ctx.base,
+                    ctx.quote,
+                    [LedgerFill(f.side, f.amount, f.price, f.fee, f.fee_currency) for f in fills],
+                )
                 stale = sorted(set(target.book.balances) - set(balances))
                 book = BookWrite(ctx.symbol, position, balances, stale)
                 if (position, balances) != (target.book.position, target.book.balances):

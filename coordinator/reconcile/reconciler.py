@@ -131,6 +131,8 @@ class Reconciler:
         journal = await self.records.journal_view(
             ctx.bot,
             since,
+            ctx.base,
+            ctx.quote,
             client_order_ids=[o.client_order_id for o in exchange.open_orders if o.client_order_id]
             + [t.client_order_id for t in exchange.trades if t.client_order_id],
             exchange_order_ids=[o.exchange_order_id for o in exchange.open_orders]
@@ -151,6 +153,7 @@ class Reconciler:
         )
         adapter = runner.parts.adapter
         history = adapter.history_since if isinstance(adapter, ReconcilableExchange) else None
+        running = any(self.runners[name].state in _ACTIVE for name in sharing)
         return BotContext(
             config.name,
             config.exchange,
@@ -160,6 +163,7 @@ class Reconciler:
             account,
             sharing,
             history,
+            running,
         )
 
     def _account_balances(self, ctx: BotContext) -> dict[str, Decimal]:

@@ -9,15 +9,20 @@ a time (`Reconciler` holds a lock), so nothing else allocates them.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from itertools import chain
+from pathlib import Path
 from typing import Any
 
 from bots.journal import FillRecord, JournalOrder, OrderStatus
-from bots.ledger import LedgerFill, Position
+from bots.ledger import LedgerFill, Position, replay
 from bots.models import Side
 from coordinator.store.journal import (
     _ORDER_COLUMNS,
@@ -53,8 +58,7 @@ class JournalView:
     fills: dict[tuple[int, str], JournalFill]  # of those orders, and every fill in the window
     balances: dict[str, Decimal]  # as stored
     position: Position  # as stored
-    adjustments: list[tuple[str, Decimal]]  # for the replay
-    ledger: list[LedgerFill]  # every fill, in the order recorded, for the replay
+    replayed_balances: dict[str, Decimal]  # what its adjustments and fills add up to
 
     def order_by_exchange_id(self) -> dict[str, int]:
         return {o.exchange_order_id: cid for cid, o in self.orders.items() if o.exchange_order_id}
@@ -104,6 +108,28 @@ class CorrectionRow:
         return f"reconciliation correction #{self.id}"
 
 
+def _replay_file(
+    path: Path, bot: str, base: str, quote: str, extra: Sequence[LedgerFill]
+) -> tuple[Position, dict[str, Decimal]]:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        conn.execute("BEGIN")  # adjustments and fills from one snapshot
+        adjustments = [
+            (asset, Decimal(amount))
+            for asset, amount in conn.execute(
+                "SELECT asset, amount FROM balance_adjustments WHERE bot = ? ORDER BY id", (bot,)
+            )
+        ]
+        fills = (
+            LedgerFill(Side(side), Decimal(amount), Decimal(price), Decimal(fee), currency)
+            for side, amount, price, fee, currency in conn.execute(
+                "SELECT side, amount, price, fee, fee_currency FROM fills WHERE bot = ?"
+                " ORDER BY id",
+                (bot,),
+            )
+        )
+        return replay(chain(fills, extra), adjustments, base, quote)
+
+
 class ReconciliationStore:
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
@@ -123,6 +149,8 @@ class ReconciliationStore:
         self,
         bot: str,
         since: datetime,
+        base: str,
+        quote: str,
         client_order_ids: Iterable[int] = (),
         exchange_order_ids: Iterable[str] = (),
     ) -> JournalView:
@@ -141,32 +169,18 @@ class ReconciliationStore:
         position = (
             Position(*(Decimal(position_row[i]) for i in range(4))) if position_row else Position()
         )
-        adjustments, ledger = await self.ledger(bot)
-        return JournalView(orders, fills, balances, position, adjustments, ledger)
+        _, replayed = await self.replay(bot, base, quote)
+        return JournalView(orders, fills, balances, position, replayed)
 
-    async def ledger(self, bot: str) -> tuple[list[tuple[str, Decimal]], list[LedgerFill]]:
-        """The bot's balance adjustments and fills, in the order recorded."""
-        adjustments = [
-            (row["asset"], Decimal(row["amount"]))
-            for row in await self.store.fetch_all(
-                "SELECT asset, amount FROM balance_adjustments WHERE bot = ? ORDER BY id", (bot,)
-            )
-        ]
-        ledger = [
-            LedgerFill(
-                Side(row["side"]),
-                Decimal(row["amount"]),
-                Decimal(row["price"]),
-                Decimal(row["fee"]),
-                row["fee_currency"],
-            )
-            for row in await self.store.fetch_all(
-                "SELECT side, amount, price, fee, fee_currency FROM fills WHERE bot = ?"
-                " ORDER BY id",
-                (bot,),
-            )
-        ]
-        return adjustments, ledger
+    async def replay(
+        self, bot: str, base: str, quote: str, extra: Sequence[LedgerFill] = ()
+    ) -> tuple[Position, dict[str, Decimal]]:
+        """The position and balances the bot's adjustments and fills (then `extra`) add up to.
+
+        Replaying a ledger costs about 5 us a fill: at a million fills it would stall the loop
+        for seconds (docs/benchmarks.md). It runs in a thread, on a read-only connection of its
+        own, streaming the fills, so neither the loop nor the store's reader waits for it."""
+        return await asyncio.to_thread(_replay_file, self.store.path, bot, base, quote, extra)
 
     async def _orders(
         self,
