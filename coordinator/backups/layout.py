@@ -99,22 +99,34 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Every byte of `data` to `fd` (`os.write` may write less than asked; the tests make it
+    fail as a full disk would)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def write_file(path: Path, data: bytes) -> None:
     """A new file holding `data`, on disk when this returns (mode 0600; never overwrites)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def copy_file(source: Path, target: Path) -> None:
     """Copy to a new file `target` and fsync it (a copy between file systems is not a rename)."""
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with source.open("rb") as src, os.fdopen(fd, "wb") as dst:
-        shutil.copyfileobj(src, dst, CHUNK)
-        dst.flush()
-        os.fsync(dst.fileno())
+    try:
+        with source.open("rb") as src:
+            while chunk := src.read(CHUNK):
+                write_all(fd, chunk)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def replace_file(target: Path, data: bytes) -> None:
@@ -129,6 +141,12 @@ def replace_file(target: Path, data: bytes) -> None:
         temp.unlink(missing_ok=True)
         raise
     fsync_dir(target.parent)
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError as an operator reads it: the reason, and the path when it has one."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason} ({exc.filename})" if exc.filename else reason
 
 
 def remove_tree(path: Path) -> None:

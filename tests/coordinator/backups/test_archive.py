@@ -10,9 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.backups.archive import read_archive, read_manifest
+from coordinator.backups.archive import (
+    ArchiveUnreadable,
+    ScratchWriteError,
+    read_archive,
+    read_manifest,
+)
 from coordinator.backups.manifest import ArchiveError
-from tests.coordinator.backups.support import backup, make_database, members, rebuild, sha256
+from tests.coordinator.backups.support import (
+    backup,
+    fail_writes,
+    make_database,
+    members,
+    rebuild,
+    sha256,
+)
 
 AT = datetime(2026, 11, 23, 10, 15, 2, tzinfo=UTC)
 
@@ -147,3 +159,31 @@ def test_config_only_reading_stops_before_the_database(archive: Path, tmp_path: 
     }
     with pytest.raises(ArchiveError):
         read_archive(truncated_db)
+
+
+def test_an_archive_that_cannot_be_read_is_unreadable_not_corrupt(tmp_path: Path) -> None:
+    not_a_file = tmp_path / "config-20261123-101502.tar.gz"
+    not_a_file.mkdir()
+    for read in (read_archive, read_manifest):
+        with pytest.raises(ArchiveUnreadable, match=rf"cannot read {not_a_file}: Is a directory"):
+            read(not_a_file)
+
+
+def test_a_full_disk_for_the_database_copy_is_a_scratch_error_not_a_corrupt_archive(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "restored.db"
+    fail_writes(monkeypatch, lambda path: path == str(target))
+
+    with pytest.raises(ScratchWriteError) as raised:
+        read_archive(archive, database_to=target)
+
+    assert f"cannot write a scratch copy of the archived database to {target}" in str(raised.value)
+    assert "No space left on device" in str(raised.value)
+    assert not isinstance(raised.value, ArchiveError)
+    assert not target.exists()  # no half-written copy left
+
+
+def test_a_complete_read_gives_the_archive_files_sha256(archive: Path) -> None:
+    assert read_archive(archive).sha256 == sha256(archive.read_bytes())
+    assert read_archive(archive, config_only=True).sha256 is None  # stopped early: not known
