@@ -6,56 +6,71 @@ token), so the database copy is taken beside the live writer and the backup is a
 otherwise it is taken directly (holding the lock, so no coordinator starts meanwhile).
 
 `restore [ARCHIVE | --latest] [--config-only] [--dry-run]`: the archive is checked completely
-and its config loaded by the real loader before anything is touched (`backups/restore.py`).
-Then the safety rules:
+and its config loaded by the real loader before anything is touched (`backups/restore.py`), in a
+scratch directory under $TMPDIR (a dry run never writes to the backup dir). With neither ARCHIVE
+nor `--latest` it lists the backups that verify and suggests `--latest`. Then the safety rules:
 
 - a database is never restored under a running coordinator (stop it first, or `--config-only`);
 - config is restored under a running coordinator only if no bot is trading or the kill switch is
   active (asked of its `/status`; a coordinator that does not answer is a refusal); the running
   process keeps the config it loaded until it is restarted;
-- with no coordinator running, the data dir's lock is held for the whole restore.
+- with no coordinator running, the data dir's lock is held for the whole restore;
+- a real restore needs a writable backup dir (the backup dir's lock, and `pre-restore-<time>/`
+  for what it replaces): without one it refuses before it changes anything;
+- a restored database has the kill switch active; both the dry run and the restore say that the
+  journal goes back to the backup's time and that `bot-coordinator reconcile` comes first.
 
 `--dry-run` prints a unified diff per config file that would change and what would happen to the
-database, and changes nothing. Exit codes: 0 done, 1 refused or failed (nothing changed), 2 bad
-arguments or an invalid configuration to back up.
+database, and changes nothing. Exit codes: 0 done, 1 refused or failed (the message says what
+state each file is in), 2 bad arguments or an invalid configuration to back up.
 
 `restore_hint` is what start-up prints when the config is invalid: the exact command that
-restores the newest backup whose config verifies.
+restores the newest backup that the command accepts (checked the same way the restore checks it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shlex
+import stat
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
 from coordinator.api.auth import TokenError, load_or_create_token
-from coordinator.backups.archive import read_archive
+from coordinator.backups.archive import ScratchWriteError, read_manifest
 from coordinator.backups.create import BackupFailed, BackupRequest, Retention, take_backup
 from coordinator.backups.layout import (
     LATEST_ARCHIVE,
-    TEMP_PREFIX,
+    PRE_RESTORE_PREFIX,
     BackupBusy,
     archive_names,
     directory_lock,
-    remove_tree,
+    os_reason,
+    unique_dir_name,
 )
-from coordinator.backups.manifest import ArchiveError
+from coordinator.backups.manifest import ArchiveError, Manifest
 from coordinator.backups.restore import (
+    STAGED_DATABASE,
+    RestoreFailed,
     RestorePlan,
     RestoreRefused,
     apply_restore,
+    check_archive,
+    database_warnings,
     describe_plan,
+    interrupted_restore,
     prepare_restore,
+    scratch_dir,
+    taken_at,
 )
 from coordinator.config import ConfigError, load_config
 from coordinator.logging_setup import configure_logging, stop_logging
@@ -70,6 +85,7 @@ DEFAULT_CONFIG_DIR: Final = Path("config")
 DEFAULT_DATA_DIR: Final = Path("data")
 ACTOR: Final = "cli"
 QUIET_STATES: Final = frozenset({"stopped", "crashed"})
+LISTED: Final = 5  # backups `restore` with no argument lists
 
 LockDataDir = Callable[[Path], IO[str]]
 
@@ -182,12 +198,14 @@ def _backup_through_control_plane(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace, lock_data_dir: LockDataDir) -> int:
-    if args.latest == (args.archive is not None):
-        _say("restore: name one backup: an ARCHIVE path, or --latest")
+    if args.latest and args.archive is not None:
+        _say("restore: name one backup: an ARCHIVE path, or --latest, not both")
         return 2
+    if not args.latest and args.archive is None:
+        return _list_restorable(args)
     archive = args.backup_dir / LATEST_ARCHIVE if args.latest else args.archive
     if not archive.is_file():
-        _say(f"restore: no backup at {archive}{_newest_hint(args.backup_dir)}")
+        _say(f"restore: no backup at {archive}{_newest_good_hint(args.backup_dir, None)}")
         return 1
     held = None
     running = False
@@ -197,29 +215,90 @@ def _restore(args: argparse.Namespace, lock_data_dir: LockDataDir) -> int:
         except StartupError:
             running = True
     try:
-        with directory_lock(args.backup_dir):
+        with contextlib.ExitStack() as stack:
+            if not args.dry_run:  # a dry run writes nothing: it needs no lock and no space here
+                try:
+                    stack.enter_context(directory_lock(args.backup_dir))
+                except BackupBusy as exc:
+                    _say(f"restore refused; nothing was changed: {exc}")
+                    return 1
+                except OSError as exc:
+                    _say(_unwritable_backup_dir(args.backup_dir, exc))
+                    return 1
             return _restore_locked(args, archive, running)
-    except BackupBusy as exc:
-        _say(f"restore refused: {exc}")
+    except OSError as exc:  # outside what apply_restore accounts for: before any change
+        _say(f"restore failed; nothing was changed: {os_reason(exc)}")
         return 1
     finally:
         if held is not None:
             held.close()
 
 
+def _unwritable_backup_dir(backup_dir: Path, exc: OSError) -> str:
+    return (
+        f"restore refused; nothing was changed: cannot write to the backup directory "
+        f"{backup_dir} ({os_reason(exc)}); a restore keeps the files it replaces there, in "
+        f"{PRE_RESTORE_PREFIX}<time>/. Make it writable, or pass --backup-dir a writable "
+        "directory and name the archive by its path (--dry-run works without it)"
+    )
+
+
 def _restore_locked(args: argparse.Namespace, archive: Path, running: bool) -> int:
-    config_dir = args.config_dir or DEFAULT_CONFIG_DIR  # never the installed package's copy
-    work = args.backup_dir / f"{TEMP_PREFIX}restore-{os.getpid()}"
-    remove_tree(work)
-    work.mkdir(mode=0o700)
-    try:
+    if running and not args.config_only and not args.dry_run:
+        # Decided from the manifest before the database is copied beside the live one.
         try:
-            plan = prepare_restore(archive, config_dir, args.data_dir, args.config_only, work)
-        except (ArchiveError, RestoreRefused) as exc:
-            _say(f"restore refused; nothing was changed: {exc}")
-            if isinstance(exc, ArchiveError) and (other := _newest_hint(args.backup_dir)):
-                _say(f"other backups are in {args.backup_dir}{other}")
+            holds_database = read_manifest(archive).database is not None
+        except ArchiveError as exc:
+            return _refused_archive(args, archive, exc)
+        if holds_database:
+            _say(f"restore refused; nothing was changed: {_database_under(args)}")
             return 1
+    saved = None
+    if not args.dry_run:
+        if leftovers := interrupted_restore(args.data_dir):
+            _say(
+                "restore refused; nothing was changed: an earlier restore was interrupted and "
+                f"left old database files in {args.data_dir}: "
+                f"{', '.join(p.name for p in leftovers)}. Look at them (and at the newest "
+                f"{PRE_RESTORE_PREFIX}* folder in {args.backup_dir}), then move them away"
+            )
+            return 1
+        saved = unique_dir_name(args.backup_dir, PRE_RESTORE_PREFIX, datetime.now(UTC))
+        try:
+            saved.mkdir(mode=0o700)
+        except OSError as exc:
+            _say(_unwritable_backup_dir(args.backup_dir, exc))
+            return 1
+    try:
+        return _check_and_apply(args, archive, running, saved)
+    finally:
+        if saved is not None:
+            with contextlib.suppress(OSError):
+                saved.rmdir()  # only when empty: refused, or nothing to do
+
+
+def _check_and_apply(
+    args: argparse.Namespace, archive: Path, running: bool, saved: Path | None
+) -> int:
+    config_dir = args.config_dir or DEFAULT_CONFIG_DIR  # never the installed package's copy
+    database_to = None
+    if saved is not None and not args.config_only:  # staged beside the live one: one rename
+        args.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        database_to = args.data_dir / STAGED_DATABASE
+    try:
+        with scratch_dir() as scratch:
+            plan = prepare_restore(
+                archive, config_dir, args.data_dir, args.config_only, scratch, database_to
+            )
+    except ArchiveError as exc:
+        return _refused_archive(args, archive, exc)
+    except RestoreRefused as exc:
+        _say(f"restore refused; nothing was changed: {exc}")
+        return 1
+    except ScratchWriteError as exc:
+        _say(f"restore failed; nothing was changed: {exc}")
+        return 1
+    try:
         refusal = _refusal(args, plan, running)
         if args.dry_run:
             print(describe_plan(plan))
@@ -231,33 +310,57 @@ def _restore_locked(args: argparse.Namespace, archive: Path, running: bool) -> i
         if refusal is not None:
             _say(f"restore refused; nothing was changed: {refusal}")
             return 1
-        return _apply(args, plan, running)
+        assert saved is not None
+        return _apply(args, plan, running, saved)
     finally:
-        remove_tree(work)
+        if database_to is not None:
+            database_to.unlink(missing_ok=True)  # gone already when it was put in place
 
 
-def _apply(args: argparse.Namespace, plan: RestorePlan, running: bool) -> int:
+def _refused_archive(args: argparse.Namespace, archive: Path, exc: ArchiveError) -> int:
+    _say(f"restore refused; nothing was changed: {exc}")
+    _say(f"other backups are in {args.backup_dir}{_newest_good_hint(args.backup_dir, archive)}")
+    return 1
+
+
+def _apply(args: argparse.Namespace, plan: RestorePlan, running: bool, saved: Path) -> int:
     if plan.nothing_to_do:
-        _say(f"nothing to restore: {plan.config_dir} already matches {plan.archive.name}")
+        _say(f"nothing to restore: {plan.config_dir} already matches {plan.backup_name}")
         return 0
     try:
-        outcome = apply_restore(plan, args.backup_dir, datetime.now(UTC))
-    except OSError as exc:
-        _say(f"restore failed: {exc}; what it replaced so far is kept in {args.backup_dir}")
+        outcome = apply_restore(plan, saved, datetime.now(UTC))
+    except RestoreFailed as exc:  # the message says what state each file is in
+        _say(str(exc))
         return 1
     for path in outcome.replaced:
         _say(f"restored {path}")
+    _say(f"from {plan.backup_name} (taken {plan.taken}, sha256 {plan.sha256})")
     _say(f"the files it replaced are in {outcome.saved_in}")
+    for warning in outcome.warnings:
+        _say(warning)
+    if plan.restores_database:
+        for warning in database_warnings(plan, done=True):
+            _say(warning)
     details = {
-        "archive": str(plan.archive),
+        "archive": str(plan.source),
+        "backup": plan.backup_name,
+        "sha256": plan.sha256,
         "replaced": outcome.replaced,
         "saved_in": str(outcome.saved_in),
+        "kill_switch_activated": plan.restores_database,
     }
     if running:
         _say("the running coordinator keeps the config it loaded until it is restarted")
     else:
-        _audit_directly(args.data_dir, plan.archive.name, "ok", details, "backup.restore")
+        _audit_directly(args.data_dir, plan.backup_name, "ok", details, "backup.restore")
     return 0
+
+
+def _database_under(args: argparse.Namespace) -> str:
+    return (
+        f"a coordinator is running on {args.data_dir}: the database is never restored "
+        "under it; stop it first, or restore only the config with --config-only"
+    )
 
 
 def _refusal(args: argparse.Namespace, plan: RestorePlan, running: bool) -> str | None:
@@ -265,10 +368,7 @@ def _refusal(args: argparse.Namespace, plan: RestorePlan, running: bool) -> str 
     if not running:
         return None
     if plan.restores_database:
-        return (
-            f"a coordinator is running on {args.data_dir}: the database is never restored "
-            "under it; stop it first, or restore only the config with --config-only"
-        )
+        return _database_under(args)
     status = _ask(args, "GET", "/status", None)
     if isinstance(status, int):
         return f"a coordinator holds {args.data_dir} and its state could not be read"
@@ -281,26 +381,84 @@ def _refusal(args: argparse.Namespace, plan: RestorePlan, running: bool) -> str 
     return None
 
 
+# --- which backups a restore accepts -------------------------------------------------------------
+
+
+def restorable(backup_dir: Path, skip: Path | None = None) -> Iterator[tuple[Path, Manifest]]:
+    """The archives a restore accepts, newest first, each checked as the restore checks it
+    (`check_archive`): `backup-latest.tar.gz`, then the archives by the time in their names.
+    Each file is checked once (the latest is a hard link to the newest archive), and `skip`'s
+    file (one just refused, under any of its names) not at all."""
+    seen: set[tuple[int, int]] = set()
+    if skip is not None:
+        with contextlib.suppress(OSError):
+            seen.add(_file_key(skip))
+    candidates = [backup_dir / LATEST_ARCHIVE]
+    candidates += [backup_dir / name for name in reversed(archive_names(backup_dir))]
+    for path in candidates:
+        try:
+            key = _file_key(path)
+        except OSError:
+            continue
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            manifest = check_archive(path)
+        except (ArchiveError, RestoreRefused, ScratchWriteError):
+            continue
+        yield path, manifest
+
+
+def _file_key(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise IsADirectoryError(str(path))
+    return info.st_dev, info.st_ino
+
+
+def _list_restorable(args: argparse.Namespace) -> int:
+    """`restore` with no archive: the backups that verify, and the command for the newest."""
+    _say("restore: name one backup: an ARCHIVE path, or --latest")
+    found: list[tuple[Path, Manifest]] = []
+    for entry in restorable(args.backup_dir):
+        found.append(entry)
+        if len(found) == LISTED:
+            break
+    if not found:
+        _say(f"no backup in {args.backup_dir} verifies")
+        return 2
+    _say(f"backups in {args.backup_dir} that verify, newest first:")
+    for path, manifest in found:
+        holds = "config and database" if manifest.database is not None else "config only"
+        via = f"  ({LATEST_ARCHIVE})" if path.name == LATEST_ARCHIVE else ""
+        _say(f"  {args.backup_dir / manifest.archive}  taken {taken_at(manifest)}, {holds}{via}")
+    newest = found[0][0]
+    target = "--latest" if newest.name == LATEST_ARCHIVE else shlex.quote(str(newest))
+    command = shlex.join(["bot-coordinator", "restore"]) + f" {target}"
+    _say(f"to restore the newest: {command} [--config-only] [--dry-run]")
+    return 2
+
+
+def _newest_good_hint(backup_dir: Path, refused: Path | None) -> str:
+    """Names the newest backup a restore accepts, never another name for `refused`."""
+    for path, manifest in restorable(backup_dir, skip=refused):
+        own = path.with_name(manifest.archive)  # the latest by its own name, when a link to it
+        with contextlib.suppress(OSError):
+            path = own if os.path.samefile(own, path) else path
+        return f" (the newest that verifies is {path}, taken {taken_at(manifest)})"
+    return " (none of them verifies)" if archive_names(backup_dir) else ""
+
+
 # --- start-up on an invalid config ---------------------------------------------------------------
 
 
 def restore_hint(args: argparse.Namespace) -> str | None:
-    """The command that restores the newest backup whose config verifies, or None."""
-    backup_dir: Path = args.backup_dir
-    candidates = [backup_dir / LATEST_ARCHIVE] + [
-        backup_dir / name for name in reversed(archive_names(backup_dir))
-    ]
-    for archive in candidates:
-        if not archive.is_file():
-            continue
-        try:
-            manifest = read_archive(archive, config_only=True).manifest
-        except ArchiveError:
-            continue
+    """The command that restores the newest backup that this very command accepts, or None."""
+    for archive, manifest in restorable(args.backup_dir):
         target = ["--latest"] if archive.name == LATEST_ARCHIVE else [str(archive)]
         command = shlex.join(["bot-coordinator", "restore", *target, "--config-only", *_dirs(args)])
-        made = manifest.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        return f"to restore the config of the newest good backup ({made}): {command}"
+        return f"to restore the config of the newest good backup ({taken_at(manifest)}): {command}"
     return None
 
 
@@ -313,11 +471,6 @@ def _dirs(args: argparse.Namespace) -> list[str]:
     if args.data_dir != DEFAULT_DATA_DIR:
         given += ["--data-dir", str(args.data_dir)]
     return given
-
-
-def _newest_hint(backup_dir: Path) -> str:
-    names = archive_names(backup_dir)
-    return f" (the newest archive there is {backup_dir / names[-1]})" if names else ""
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@
 - `retention.py`: which old backups to delete (never the newest good one).
 - `catalog.py`: list backups with their verification cached.
 - `scheduler.py`, `service.py`: the coordinator's scheduled and on-demand backups, `/status`.
-- `restore.py`: check an archive completely, diff it, keep what it replaces, restore atomically.
+- `restore.py`: check an archive completely, diff it, keep what it replaces, restore all or
+  nothing; a restored database has the kill switch active until an operator reconciles.
 
 The command line is `coordinator/backup_cli.py` (`bot-coordinator backup`, `restore`).
 """

@@ -15,11 +15,13 @@ from coordinator.cli import main
 from coordinator.config import load_config
 from coordinator.runtime import DATABASE_FILE
 from tests.coordinator.backups.support import (
+    archives,
     backup,
     count,
     make_database,
     members,
     rebuild,
+    sha256,
     tree,
 )
 
@@ -68,7 +70,12 @@ def test_restore_latest_brings_back_the_exact_bytes_and_the_config_loads(
     assert (saved / "config" / "bot-limits.json").read_bytes() == BROKEN
     assert sorted(p.name for p in (saved / "config").iterdir()) == ["bot-limits.json"]
     note = json.loads((saved / "restore.json").read_text())
-    assert note["restored_from"] == str(backup_dir / LATEST_ARCHIVE)
+    [archive] = archives(backup_dir)
+    # The backup itself, not the pointer it was reached through.
+    assert note["restored_from"] == str(archive)
+    assert note["backup"] == archive.name
+    assert note["named_as"] == str(backup_dir / LATEST_ARCHIVE)
+    assert note["archive_sha256"] == sha256(archive.read_bytes())
     err = capsys.readouterr().err
     assert f"restored {config_dir / 'bot-limits.json'}" in err
     assert f"the files it replaced are in {saved}" in err
