@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from coordinator.backups.archive import read_manifest
+from coordinator.backups.archive import read_archive, read_manifest
 from coordinator.backups.layout import (
     LATEST_ARCHIVE,
     LATEST_CONFIG_DIR,
@@ -83,3 +83,16 @@ def latest_manifest(backup_dir: Path) -> Manifest | None:
         return read_manifest(path)
     except ArchiveError:
         return None
+
+
+def verify_latest(backup_dir: Path) -> tuple[Manifest | None, str | None]:
+    """`backup-latest.tar.gz` checked completely (every member's hash, the gzip trailer):
+    (its manifest, None) when it verifies, (None, None) when there is none, else (its manifest
+    if that much is readable, the reason it does not verify)."""
+    path = backup_dir / LATEST_ARCHIVE
+    if not path.is_file():
+        return None, None
+    try:
+        return read_archive(path).manifest, None
+    except ArchiveError as exc:
+        return latest_manifest(backup_dir), str(exc)

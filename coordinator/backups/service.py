@@ -6,11 +6,19 @@ time (an asyncio lock here, the backup directory's file lock across processes), 
 ERROR, counted, and shown in `/status`; the previous latest stays. `stop()` (from
 `Coordinator.close`, before the store closes) stops the schedule, asks a backup in flight to
 stop at its next step, and waits for it briefly.
+
+At start the latest backup is checked completely, in a thread, in the background (the
+coordinator does not wait for it): a latest that verifies starts the schedule from its time; one
+that does not (damaged on disk since it was written) is shown in `/status` as a failed backup,
+audited (`backup.verify`), and a new backup is taken at once. `/status` gives both the age of
+the last attempt (`age_seconds`) and of the newest good backup (`last_ok_age_seconds`, null
+while none is known): an alert on the latter fires even while every backup fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -27,7 +35,8 @@ from coordinator.backups.create import (
     Retention,
     take_backup,
 )
-from coordinator.backups.publish import latest_manifest
+from coordinator.backups.layout import LATEST_ARCHIVE
+from coordinator.backups.publish import verify_latest
 from coordinator.backups.scheduler import POLL_SECONDS, BackupSchedule, BackupScheduler
 from coordinator.config.models import BackupSettings
 from coordinator.errors import CoordinatorError, ShuttingDown
@@ -78,6 +87,7 @@ class BackupService:
         self._lock = asyncio.Lock()
         self._abort = threading.Event()
         self._running: asyncio.Future[dict[str, Any]] | None = None
+        self._starting: asyncio.Task[None] | None = None
         self.scheduler = BackupScheduler(
             BackupSchedule(settings.interval_minutes),
             clock,
@@ -86,18 +96,41 @@ class BackupService:
         )
 
     async def start(self) -> None:
-        """Read the newest good backup's time (the schedule starts from it), start the task."""
-        latest = await asyncio.to_thread(latest_manifest, self.backup_dir)
-        if latest is not None:
-            self.state.last_at = self.state.last_ok_at = latest.created_at
-            self.state.result, self.state.archive = "ok", latest.archive
-        self.scheduler.start(latest.created_at if latest is not None else None)
+        """Check the latest backup completely in the background; the schedule starts from it."""
         log.info(
             "backups: %s every %s minutes into %s",
             "scheduled" if self.scheduler.schedule.enabled else "on demand only (interval 0),",
             self.settings.interval_minutes,
             self.backup_dir,
         )
+        self._starting = asyncio.create_task(self._check_latest(), name="backup-check-latest")
+
+    async def _check_latest(self) -> None:
+        async with self._lock:  # no backup replaces the latest while it is read
+            manifest, problem = await asyncio.to_thread(verify_latest, self.backup_dir)
+            fresh = self.state.last_at is None  # no backup has ended meanwhile
+        if problem is None:
+            if manifest is not None and fresh:
+                self.state.last_at = self.state.last_ok_at = manifest.created_at
+                self.state.result, self.state.archive = "ok", manifest.archive
+            self.scheduler.start(manifest.created_at if manifest is not None else None)
+            return
+        name = manifest.archive if manifest is not None else None
+        reason = f"the latest backup ({name or LATEST_ARCHIVE}) does not verify: {problem}"
+        if fresh:
+            self.state.last_at = manifest.created_at if manifest is not None else None
+            self.state.result, self.state.error, self.state.archive = "failed", reason, name
+            self.state.failures += 1
+        log.error("%s; taking a new backup now", reason)
+        await self._audit(
+            "backup-check", name, f"error: {reason}", self.clock(), {}, "backup.verify"
+        )
+        if self.scheduler.schedule.enabled:
+            self.scheduler.start(None)  # due at once
+        elif self.accepting:
+            # A failure is logged, counted and audited by backup_now itself.
+            with contextlib.suppress(BackupError, ShuttingDown):
+                await self.backup_now("schedule", "backup-check")
 
     async def backup_now(self, trigger: str, actor: str) -> dict[str, Any]:
         """Take a backup now; its description, or `BackupError` (audited either way).
@@ -145,14 +178,20 @@ class BackupService:
         await self._audit(actor, None, f"error: {reason}", at, {"trigger": trigger})
 
     async def _audit(
-        self, actor: str, subject: str | None, result: str, at: datetime, details: dict[str, Any]
+        self,
+        actor: str,
+        subject: str | None,
+        result: str,
+        at: datetime,
+        details: dict[str, Any],
+        action: str = "backup.create",
     ) -> None:
         if self.journal is None:
             return
         try:
             await self.journal.audit(
                 actor=actor,
-                action="backup.create",
+                action=action,
                 subject=subject,
                 result=result,
                 at=at,
@@ -178,6 +217,9 @@ class BackupService:
             "error": state.error,
             "archive": state.archive,
             "last_ok_at": iso(state.last_ok_at) if state.last_ok_at else None,
+            "last_ok_age_seconds": round((now - state.last_ok_at).total_seconds(), 1)
+            if state.last_ok_at
+            else None,
             "failures": state.failures,
             "next_at": iso(self.scheduler.schedule.next_at)
             if self.scheduler.schedule.next_at
@@ -190,6 +232,11 @@ class BackupService:
         self.accepting = False
         self._abort.set()
         running = self._running  # before the scheduler's cancellation forgets it
+        if self._starting is not None:
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
+            self._starting = None
         await self.scheduler.stop()
         if running is not None:
             done, _ = await asyncio.wait({running}, timeout=STOP_WAIT_SECONDS)

@@ -14,7 +14,7 @@ from coordinator.backups.scheduler import BackupSchedule, BackupScheduler
 from coordinator.backups.service import BackupService
 from coordinator.config.models import BackupSettings, CoordinatorConfig
 from coordinator.runtime import Coordinator
-from tests.coordinator.backups.support import archives, manifest_of
+from tests.coordinator.backups.support import archives, backup, manifest_of
 from tests.support_config import FakeClock, eventually
 
 START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -159,3 +159,91 @@ async def test_the_coordinator_backs_up_at_start_shows_it_in_status_and_stops_it
 async def test_without_a_backup_dir_there_are_no_backups(coordinator: Coordinator) -> None:
     assert coordinator.backups is None
     assert coordinator.status()["backups"] is None
+
+
+def _cut_tail(archive: Path, size: int) -> None:
+    with archive.open("r+b") as handle:
+        handle.truncate(archive.stat().st_size - size)
+
+
+@pytest.mark.parametrize("interval_minutes", [60, 0])
+async def test_a_damaged_latest_found_at_start_is_reported_failed_and_a_backup_is_taken_now(
+    interval_minutes: float, coordinator: Coordinator, config_dir: Path, backup_dir: Path
+) -> None:
+    """Its manifest still reads: only the whole-archive check at start finds the cut tail."""
+    clock = FakeClock(START)
+    earlier = await asyncio.to_thread(
+        backup, config_dir, backup_dir, START - timedelta(minutes=10), coordinator.store.path
+    )
+    await asyncio.to_thread(_cut_tail, earlier.archive, 200)
+    settings = BackupSettings(interval_minutes=interval_minutes, keep_count=3, keep_days=0)
+    service = BackupService(
+        settings,
+        config_dir,
+        backup_dir,
+        coordinator.store.path,
+        clock,
+        coordinator.journal,
+        poll_seconds=0.005,
+    )
+
+    await service.start()
+    try:
+        await eventually(lambda: len(names(backup_dir)) == 2, what="a backup taken at once")
+        await eventually(lambda: service.state.result == "ok", what="the new backup's status")
+    finally:
+        await service.stop()
+    status = service.status()
+    assert status["failures"] == 1  # the damaged latest, counted as a failed backup
+    assert status["last_ok_at"] == "2026-11-23T12:00:00.000000+00:00"
+    assert manifest_of(backup_dir / LATEST_ARCHIVE)["archive"] == names(backup_dir)[-1]
+    audit = await coordinator.journal.recent_audit(20)
+    [check] = [e for e in audit if e["action"] == "backup.verify"]
+    assert check["subject"] == earlier.archive.name
+    assert check["result"].startswith(f"error: the latest backup ({earlier.archive.name})")
+    assert "does not verify" in check["result"]
+
+
+async def test_status_shows_a_damaged_latest_as_a_failed_backup(
+    coordinator: Coordinator, config_dir: Path, backup_dir: Path
+) -> None:
+    """With the config now invalid, the backup taken at once fails too: /status keeps saying
+    that there is no good backup."""
+    clock = FakeClock(START)
+    earlier = await asyncio.to_thread(
+        backup, config_dir, backup_dir, START - timedelta(minutes=10), coordinator.store.path
+    )
+    await asyncio.to_thread(_cut_tail, earlier.archive, 200)
+    (config_dir / "bot-limits.json").write_bytes(b"{broken")
+    service = _service(coordinator, config_dir, backup_dir, clock)
+
+    await service.start()
+    try:
+        await eventually(lambda: service.state.failures == 2, what="the check and the retry")
+    finally:
+        await service.stop()
+    status = service.status()
+    assert status["result"] == "failed"
+    assert status["last_ok_at"] is None
+    assert status["last_ok_age_seconds"] is None
+
+
+async def test_status_gives_the_age_of_the_newest_good_backup_while_backups_fail(
+    coordinator: Coordinator, config_dir: Path, backup_dir: Path
+) -> None:
+    clock = FakeClock(START)
+    service = _service(coordinator, config_dir, backup_dir, clock)
+    await service.start()
+    try:
+        await eventually(lambda: service.state.result == "ok", what="the first backup")
+        assert service.status()["last_ok_age_seconds"] == 0.0
+        (config_dir / "bot-limits.json").write_bytes(b"{broken")
+        clock.advance(minutes=60)
+        await eventually(lambda: service.state.failures == 1, what="a failed backup")
+        clock.advance(minutes=30)
+        status = service.status()
+    finally:
+        await service.stop()
+    assert status["result"] == "failed"
+    assert status["age_seconds"] == 1800.0  # the last attempt
+    assert status["last_ok_age_seconds"] == 5400.0  # what an alert on backup age watches
