@@ -38,14 +38,11 @@ import os
 import shlex
 import stat
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
-from coordinator.api.auth import TokenError, load_or_create_token
 from coordinator.backups.archive import ScratchWriteError, read_manifest
 from coordinator.backups.create import BackupFailed, BackupRequest, Retention, take_backup
 from coordinator.backups.layout import (
@@ -73,6 +70,7 @@ from coordinator.backups.restore import (
     taken_at,
 )
 from coordinator.config import ConfigError, load_config
+from coordinator.control_client import ControlPlaneError, ask_running
 from coordinator.logging_setup import configure_logging, stop_logging
 from coordinator.runtime import DATABASE_FILE
 from coordinator.server import StartupError
@@ -480,30 +478,10 @@ def _ask(
     args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None
 ) -> dict[str, Any] | int:
     """Ask the running coordinator; its JSON answer, or an exit code after saying why not."""
-    headers = {"Content-Type": "application/json"}
-    if method != "GET":
-        try:
-            headers["Authorization"] = f"Bearer {load_or_create_token(args.data_dir).value}"
-        except TokenError as exc:
-            _say(f"cannot read the control token: {exc}")
-            return 1
-    data = json.dumps(body).encode() if body is not None else None
-    url = f"http://{args.host}:{args.port}{path}"
-    request = urllib.request.Request(url, data=data, headers=headers, method=method)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(request, timeout=120) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
-    except urllib.error.HTTPError as exc:
-        error = json.loads(exc.read() or b"{}").get("error", {})
-        _say(f"{method} {path} refused ({exc.code}): {error.get('message', exc.reason)}")
-        return 1
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        _say(
-            f"a coordinator holds {args.data_dir} but does not answer on "
-            f"{args.host}:{args.port} ({exc}); pass its --host/--port"
-        )
+        return ask_running(args.data_dir, args.host, args.port, method, path, body, timeout=120)
+    except ControlPlaneError as exc:
+        _say(exc.message)
         return 1
 
 

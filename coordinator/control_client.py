@@ -24,15 +24,31 @@ def post_to_running(
     data_dir: Path, host: str, port: int, path: str, body: dict[str, Any], timeout: float = 10
 ) -> dict[str, Any]:
     """POST `body` to the coordinator on host:port with the operator token of `data_dir`."""
-    try:
-        token = load_or_create_token(data_dir)
-    except TokenError as exc:
-        raise ControlPlaneError(f"cannot read the control token: {exc}") from exc
+    return ask_running(data_dir, host, port, "POST", path, body, timeout)
+
+
+def ask_running(
+    data_dir: Path,
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    timeout: float = 10,
+) -> dict[str, Any]:
+    """Ask the coordinator on host:port; a request that is not a GET carries the operator token
+    of `data_dir`. Its JSON answer, or ControlPlaneError saying why not."""
+    headers = {"Content-Type": "application/json"}
+    if method != "GET":
+        try:
+            headers["Authorization"] = f"Bearer {load_or_create_token(data_dir).value}"
+        except TokenError as exc:
+            raise ControlPlaneError(f"cannot read the control token: {exc}") from exc
     request = urllib.request.Request(
         f"http://{host}:{port}{path}",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token.value}", "Content-Type": "application/json"},
-        method="POST",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers=headers,
+        method=method,
     )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     try:
@@ -42,9 +58,9 @@ def post_to_running(
     except urllib.error.HTTPError as exc:
         error = json.loads(exc.read() or b"{}").get("error", {})
         raise ControlPlaneError(
-            f"refused ({exc.code}): {error.get('message', exc.reason)}"
+            f"{method} {path} refused ({exc.code}): {error.get('message', exc.reason)}"
         ) from exc
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         raise ControlPlaneError(
             f"a coordinator holds {data_dir} but does not answer on {host}:{port} ({exc}); "
             "pass its --host/--port"

@@ -45,6 +45,10 @@ def add_reconcile_command(subparsers: Any) -> None:
 
 
 def reconcile(args: argparse.Namespace, config: CoordinatorConfig, running: bool) -> int:
+    names = [bot.name for bot in config.bots.bots]
+    if args.reconcile_bot is not None and args.reconcile_bot not in names:
+        _say(f"reconcile: --bot: no bot named {args.reconcile_bot!r}; bots: {', '.join(names)}")
+        return 2
     if running:
         report = _through_control_plane(args)
     else:

@@ -199,7 +199,12 @@ class Coordinator:
 
     async def start_sequential(self, actor: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._audited(
-            actor, "bots.start_sequential", None, self.supervisor.start_sequential, {}
+            actor,
+            "bots.start_sequential",
+            None,
+            self.supervisor.start_sequential,
+            {},
+            outcome_details=lambda outcome: {"outcome": outcome},
         )
         return result
 
@@ -356,6 +361,7 @@ class Coordinator:
             bot or "all bots",
             run,
             {"bot": bot, "apply": apply, "trigger": trigger},
+            outcome_details=lambda report: {"run_id": report["run_id"], **report["summary"]},
         )
         return result
 
@@ -440,9 +446,11 @@ class Coordinator:
         operation: Callable[[], Awaitable[Any]],
         details: dict[str, Any],
         always: bool = False,
+        outcome_details: Callable[[Any], dict[str, Any]] | None = None,
     ) -> Any:
         """Run a control action and audit it, refused or not, before the answer returns.
-        `always`: taken even while shutting down (the kill switch)."""
+        `always`: taken even while shutting down (the kill switch). `outcome_details`: what of
+        a successful outcome goes into the audit entry's details."""
         result = "cancelled before it finished"
         try:
             if not self.accepting and not always:
@@ -456,10 +464,8 @@ class Coordinator:
             raise
         else:
             result = "ok"
-            if isinstance(outcome, dict) and action == "bots.start_sequential":
-                details = {**details, "outcome": outcome}
-            if isinstance(outcome, dict) and action.startswith("reconcile."):
-                details = {**details, "run_id": outcome["run_id"], **outcome["summary"]}
+            if outcome_details is not None:
+                details = {**details, **outcome_details(outcome)}
         finally:
             await self.journal.audit(
                 actor=actor,

@@ -32,7 +32,6 @@ from coordinator.reconcile.model import Correction, Difference, Kind
 from coordinator.store.reconciliation import (
     BookWrite,
     CorrectionRow,
-    JournalFill,
     ReconciliationStore,
 )
 
@@ -280,7 +279,7 @@ def _fill(order: JournalOrder, account_trade: AccountTrade) -> FillRecord:
 def _corrected(
     before: JournalOrder,
     snapshot: OrderSnapshot | None,
-    fills: dict[tuple[int, str], JournalFill],
+    fills: dict[tuple[int, str], FillRecord],
     new: list[FillRecord],
     trades: list[AccountTrade],
 ) -> JournalOrder:

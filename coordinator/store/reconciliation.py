@@ -38,24 +38,12 @@ from coordinator.store.sqlite import Expect, SqliteStore, Statement, Write
 LIVE = (OrderStatus.PENDING_SUBMIT.value, OrderStatus.OPEN.value)
 
 
-@dataclass(frozen=True, slots=True)
-class JournalFill:
-    client_order_id: int
-    trade_id: str
-    side: Side
-    amount: Decimal
-    price: Decimal
-    fee: Decimal
-    fee_currency: str
-    executed_at: datetime
-
-
 @dataclass(slots=True)
 class JournalView:
     """One bot's journal, as reconciliation compares it."""
 
     orders: dict[int, JournalOrder]  # live, recent, and any the exchange mentioned
-    fills: dict[tuple[int, str], JournalFill]  # of those orders, and every fill in the window
+    fills: dict[tuple[int, str], FillRecord]  # of those orders, and every fill in the window
     balances: dict[str, Decimal]  # as stored
     position: Position  # as stored
     replayed_balances: dict[str, Decimal]  # what its adjustments and fills add up to
@@ -217,7 +205,7 @@ class ReconciliationStore:
 
     async def _fills(
         self, bot: str, since: datetime, orders: Mapping[int, JournalOrder]
-    ) -> dict[tuple[int, str], JournalFill]:
+    ) -> dict[tuple[int, str], FillRecord]:
         """The bot's fills in the window, and every fill of the orders in the view (one query
         for the live and recent ones, one per order the exchange brought in from further back)."""
         columns = (
@@ -241,8 +229,9 @@ class ReconciliationStore:
                     )
                 )
         return {
-            (int(row["client_order_id"]), row["trade_id"]): JournalFill(
+            (int(row["client_order_id"]), row["trade_id"]): FillRecord(
                 int(row["client_order_id"]),
+                bot,
                 row["trade_id"],
                 Side(row["side"]),
                 Decimal(row["amount"]),

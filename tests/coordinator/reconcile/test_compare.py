@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from bots.journal import JournalOrder, OrderStatus
+from bots.journal import FillRecord, JournalOrder, OrderStatus
 from bots.ledger import Position
 from bots.models import (
     AccountTrade,
@@ -21,7 +21,7 @@ from bots.models import (
 from coordinator.config.models import ReconciliationSettings
 from coordinator.reconcile.compare import BotContext, ExchangeView, compare
 from coordinator.reconcile.model import Kind
-from coordinator.store.reconciliation import JournalFill, JournalView
+from coordinator.store.reconciliation import JournalView
 
 T0 = datetime(2026, 11, 23, 12, tzinfo=UTC)
 SETTINGS = ReconciliationSettings()
@@ -71,15 +71,15 @@ def trade(
     )
 
 
-def fill(cid: int, trade_id: str, at: datetime) -> JournalFill:
-    return JournalFill(
-        cid, trade_id, Side.BUY, Decimal("0.5"), Decimal(100), Decimal("0.1"), "AUD", at
+def fill(cid: int, trade_id: str, at: datetime) -> FillRecord:
+    return FillRecord(
+        cid, "grid", trade_id, Side.BUY, Decimal("0.5"), Decimal(100), Decimal("0.1"), "AUD", at
     )
 
 
 def journal(
     orders: list[JournalOrder] = (),  # type: ignore[assignment]
-    fills: list[JournalFill] = (),  # type: ignore[assignment]
+    fills: list[FillRecord] = (),  # type: ignore[assignment]
     balances: dict[str, str] | None = None,
 ) -> JournalView:
     """A consistent journal: its stored balances are what its adjustments and fills add up to."""
