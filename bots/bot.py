@@ -36,6 +36,7 @@ class TickStats:
     last_tick_at: datetime | None = None
     last_market: MarketSnapshot | None = None
     last_skip_reason: str | None = None
+    lag_seconds: float = 0.0  # how late the latest tick started against its schedule
     healthy: asyncio.Event = field(default_factory=asyncio.Event)  # set after the first good tick
 
 
@@ -68,6 +69,7 @@ class Bot:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while not stop.is_set():
+            self.stats.lag_seconds = max(0.0, loop.time() - next_at)
             await self.tick()
             next_at += self.tick_interval
             now = loop.time()

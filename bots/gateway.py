@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ from bots.errors import (
 from bots.exchanges.base import ExchangeAdapter
 from bots.ids import ClientOrderIds
 from bots.journal import (
+    TERMINAL_STATUSES,
     FillRecord,
     JournalOrder,
     OrderJournal,
@@ -82,6 +84,29 @@ class SendGuard(Protocol):
     def after_send(self, exchange: str, failure: SendFailure | None) -> None: ...
 
 
+FailureClass = Literal["transient", "permanent"]
+
+
+class OrderObserver(Protocol):
+    """Hears what happens to orders, for metrics and alerts. Must be synchronous and cheap: it
+    is called on the order path. Labels it gets are bounded (bot, exchange, codes), never ids."""
+
+    def send_failed(self, identity: BotIdentity, reason: str, failure: FailureClass) -> None:
+        """One attempt to send an order failed (each retry is an attempt)."""
+
+    def submit_ended(
+        self, identity: BotIdentity, outcome: str, ack_seconds: float | None
+    ) -> None:
+        """An order that went to the exchange ended its submit: `outcome` is sent, rejected,
+        failed or unresolved; `ack_seconds` is first send to acknowledgement, for sent."""
+
+    def order_finished(self, identity: BotIdentity, status: OrderStatus) -> None:
+        """An order reached a terminal status in the journal."""
+
+    def filled(self, identity: BotIdentity, amount: Decimal, price: Decimal) -> None:
+        """A fill was committed."""
+
+
 @dataclass(frozen=True, slots=True)
 class SubmitResult:
     outcome: Literal["sent", "refused", "rejected", "failed", "unresolved"]
@@ -129,6 +154,7 @@ class OrderGateway:
         send_guard: SendGuard | None = None,
         partial_fills: PartialFillPolicy | None = None,
         retry: RetryPolicy | None = None,
+        observer: OrderObserver | None = None,
     ) -> None:
         self.identity = identity
         self.adapter = adapter
@@ -141,6 +167,7 @@ class OrderGateway:
         self.send_guard = send_guard
         self.partial_fills = partial_fills
         self.retry = retry  # None: a transient failure is looked up once, never resent
+        self.observer = observer
         self._clock = clock or (lambda: datetime.now(UTC))
         self._apply_lock = asyncio.Lock()
         # Orders being sent right now: refreshes leave them alone and cancels wait for the send,
@@ -175,11 +202,15 @@ class OrderGateway:
         await self._journal_intent(order)
         sent = asyncio.Event()
         self._in_flight[coid] = sent
+        began = time.perf_counter()
         try:
             result = await self._send(intent, order)
         finally:
             sent.set()
             self._in_flight.pop(coid, None)
+        if self.observer is not None and result.outcome != "refused":
+            ack = time.perf_counter() - began if result.outcome == "sent" else None
+            self.observer.submit_ended(self.identity, result.outcome, ack)
         # Orders in a row that ended badly (not attempts: one order's retries count once).
         if result.outcome == "sent":
             self.book.consecutive_failures = 0
@@ -230,6 +261,7 @@ class OrderGateway:
             except OrderRejected as exc:
                 self._after_send("permanent")
                 self._count_error(exc.code)
+                self._observe_failure(exc.code, "permanent")
                 await self._finish_unsent(order, OrderStatus.REJECTED, exc.reason)
                 log.warning(
                     "%s: order %d rejected by %s: %s",
@@ -242,6 +274,9 @@ class OrderGateway:
             except TransientExchangeError as exc:
                 self._after_send("transient")
                 self._count_error("transient")
+                self._observe_failure(
+                    "refused" if isinstance(exc, RequestRefused) else "unavailable", "transient"
+                )
                 outcome = await self._after_transient_failure(order, exc, attempt)
                 if outcome is not None:
                     return outcome
@@ -249,6 +284,7 @@ class OrderGateway:
             except ExchangeError as exc:
                 self._after_send("permanent")
                 self._count_error("exchange_error")
+                self._observe_failure("exchange_error", "permanent")
                 log.error("%s: order %d failed: %s", self.identity.bot, coid, exc)
                 return await self._resolve_after_send_error(order, exc, attempt)
             except BaseException:
@@ -359,6 +395,19 @@ class OrderGateway:
     def _count_error(self, code: str) -> None:
         self.book.errors[code] = self.book.errors.get(code, 0) + 1
 
+    def _observe_failure(self, reason: str, failure: FailureClass) -> None:
+        if self.observer is not None:
+            self.observer.send_failed(self.identity, reason, failure)
+
+    def _observe_end(self, status: OrderStatus, fills: Sequence[FillRecord] = ()) -> None:
+        observer = self.observer
+        if observer is None:
+            return
+        for fill in fills:
+            observer.filled(self.identity, fill.amount, fill.price)
+        if status in TERMINAL_STATUSES:
+            observer.order_finished(self.identity, status)
+
     async def _resolve_after_send_error(
         self, order: JournalOrder, error: ExchangeError, attempts: int = 1, lookups: int = 1
     ) -> SubmitResult:
@@ -405,6 +454,7 @@ class OrderGateway:
             final = replace(current, status=status, reason=reason)
             await self.journal.record_update(OrderUpdate(final, current.status, now, detail=reason))
             self._forget(order.client_order_id)
+            self._observe_end(status)
 
     async def _unknown_to_exchange(self, order: JournalOrder, when: str = "") -> None:
         """The exchange has no such order: never placed if it was pending, else gone."""
@@ -621,6 +671,7 @@ class OrderGateway:
                 self._forget(client_order_id)
             else:
                 self.book.live_orders[client_order_id] = updated
+            self._observe_end(updated.status, fills)
         for fill in fills:
             log.info(
                 "%s: fill %s %s %s @ %s (order %d)",

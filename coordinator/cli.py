@@ -2,7 +2,8 @@
 
 Exit codes: 0 clean stop; 1 could not start (port in use, another coordinator on the data dir,
 unusable database); 2 bad configuration or arguments, with every problem listed.
-`--verify-data` (`coordinator/verify_cli.py`) has its own: 0 clean, 1 inconsistent, 2 no database.
+`--verify-data` (`coordinator/verify_cli.py`) has its own: 0 clean, 1 inconsistent, 2 no database;
+`--health-check` (`coordinator/health_cli.py`): 0 healthy, 1 not.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from coordinator.bot_test import print_summary, run_bot_test, with_mode
 from coordinator.breaker_cli import add_breaker_commands, reset_breaker
 from coordinator.config import ConfigError, embedded_config_dir, load_config
 from coordinator.config.models import BotMode, CoordinatorConfig
+from coordinator.health_cli import run_health_check
 from coordinator.logging_setup import configure_logging, stop_logging
 from coordinator.reconcile_cli import add_reconcile_command, reconcile
 from coordinator.runtime import DATABASE_FILE
@@ -92,9 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
         " 2 no database",
     )
     parser.add_argument(
+        "--health-check",
+        action="store_true",
+        help="ask the running coordinator's /health, or check config, journal, kill switch, "
+        "dirs, disk and exchanges on its own; exit 0 healthy, 1 not",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
-        help="with --verify-data: print the report as JSON instead of a table",
+        help="with --verify-data or --health-check: print the report as JSON",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_breaker_commands(commands)
@@ -130,8 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--test needs --bot NAME")
     if args.bot and not args.test:
         parser.error("--bot needs --test (to start one bot in a running coordinator: POST /start)")
-    if args.json and not args.verify_data:
-        parser.error("--json needs --verify-data")
+    if args.json and not (args.verify_data or args.health_check):
+        parser.error("--json needs --verify-data or --health-check")
     # The journal, token and logs hold positions, balances and credentials' whereabouts: files
     # this process creates are readable by its user only.
     previous_umask = os.umask(0o077)
@@ -144,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     if args.verify_data:  # before the config: the data can be checked while the config is broken
         return run_verify_data(args)
+    if args.health_check:  # a broken config is one of the things it reports
+        return run_health_check(args, _config_dir(args.config_dir))
     if args.command in BACKUP_COMMANDS:  # before the config: restore mends a broken one
         return run_backup_command(args, _config_dir(args.config_dir), _lock_data_dir)
     config_dir = _config_dir(args.config_dir)

@@ -23,12 +23,17 @@ from bots.exchanges.paper import PaperExchange
 from bots.ids import ClientOrderIds
 from coordinator import __version__
 from coordinator.accounts import Accounts
+from coordinator.alerts.notifier import NotifierConfigError, WebhookNotifier, webhook_url
+from coordinator.alerts.service import AlertService
+from coordinator.alerts.window import OutcomeWindow
 from coordinator.backups.service import BackupService
 from coordinator.config.models import CoordinatorConfig, MarketDataSource
 from coordinator.errors import CoordinatorError, ShuttingDown, WrongState
 from coordinator.failover import EndpointFailover
 from coordinator.health import HealthMonitor, Probe
 from coordinator.lifecycle import BotState
+from coordinator.metrics import Metrics
+from coordinator.metrics.collector import CoordinatorCollector
 from coordinator.reconcile.reconciler import Reconciler
 from coordinator.safety.kill_switch import KillSwitch, Trigger
 from coordinator.safety.layer import SafetyLayer
@@ -52,8 +57,11 @@ class Coordinator:
         public: PublicExchanges,
         clock: Callable[[], datetime],
         safety: SafetyLayer,
+        metrics: Metrics,
     ) -> None:
         self.config = config
+        self.metrics = metrics
+        self.alerts: AlertService | None = None
         self.safety = safety
         self.kill_switch = safety.kill_switch
         self.store = store
@@ -88,7 +96,10 @@ class Coordinator:
         backup_dir: Path | None = None,
     ) -> Coordinator:
         clock = clock or (lambda: datetime.now(UTC))
+        window = OutcomeWindow(config.alerts.rules.order_failure_rate.window_minutes, clock)
+        metrics = Metrics(window)
         store = await SqliteStore.open(data_dir / DATABASE_FILE, max_batch_jobs)
+        store.on_commit = metrics.committed
         public = PublicExchanges()
         accounts = accounts or Accounts(
             lambda exchange, credentials, ssl_context: make_private_exchange(
@@ -111,6 +122,7 @@ class Coordinator:
                 persisted = dict(await journal.load_bot_row(bot.name) or {})
                 await _note_unclean_end(journal, bot.name, persisted, clock())
                 parts = await build_bot_parts(bot, journal, public, accounts, safety, clock)
+                parts.observer = metrics
                 runners[bot.name] = BotRunner(
                     parts,
                     journal,
@@ -131,8 +143,9 @@ class Coordinator:
             await store.close()
             raise
         supervisor = Supervisor(runners, config.recovery)
-        coordinator = cls(config, store, journal, supervisor, public, clock, safety)
+        coordinator = cls(config, store, journal, supervisor, public, clock, safety, metrics)
         coordinator.accounts = accounts
+        metrics.register(CoordinatorCollector(coordinator))
         coordinator.health = HealthMonitor(
             config.endpoints.health_check_config,
             exchange_probes(runners.values(), public),
@@ -153,6 +166,10 @@ class Coordinator:
             )
             await coordinator.backups.start()
         coordinator._start_reconcile_schedule()
+        coordinator.alerts = AlertService(
+            coordinator, config.alerts, window, data_dir, metrics, _notifier(config, clock)
+        )
+        await coordinator.alerts.start()
         safety.start_watch(
             lambda: supervisor.runners.values(),
             lambda reason, trigger: coordinator.activate_kill_switch(
@@ -241,6 +258,8 @@ class Coordinator:
             {"reason": reason, "trigger": trigger.value},
             always=True,
         )
+        if not result["already_active"]:
+            self.metrics.kill_switch_activations.labels(trigger.value).inc()
         return result
 
     async def override_kill_switch(self, reason: str, actor: str) -> dict[str, Any]:
@@ -480,6 +499,9 @@ class Coordinator:
 
     # -- status ----------------------------------------------------------------------------------
 
+    def uptime_seconds(self) -> float:
+        return round(time.monotonic() - self._started_monotonic, 1)
+
     def status(self) -> dict[str, Any]:
         return {
             "kill_switch_active": self.kill_switch.active,
@@ -492,7 +514,7 @@ class Coordinator:
             "coordinator": {
                 "version": __version__,
                 "started_at": iso(self.started_at),
-                "uptime_seconds": round(time.monotonic() - self._started_monotonic, 1),
+                "uptime_seconds": self.uptime_seconds(),
                 "accepting_actions": self.accepting,
                 "config_dir": str(self.config.source_dir),
             },
@@ -561,6 +583,8 @@ class Coordinator:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await self.safety.stop_watch()
+        if self.alerts is not None:  # before the store closes: transitions are audited
+            await self.alerts.stop()
         if self.health is not None:
             await self.health.stop()
         errors = await self.supervisor.stop_all(reason, grace_seconds)
@@ -587,6 +611,20 @@ class Coordinator:
 
 
 HALT_WAIT_SECONDS = 2.0
+
+
+def _notifier(config: CoordinatorConfig, clock: Callable[[], datetime]) -> WebhookNotifier | None:
+    """The webhook notifier alerts.json asks for; none (said in the log) when its URL's env var
+    is missing: alerts still fire, show in /alerts and /metrics, and are audited."""
+    settings = config.alerts.notifications
+    if settings.webhook is None:
+        return None
+    try:
+        url = webhook_url(settings)
+    except NotifierConfigError as exc:
+        log.error("alert notifications are off: %s", exc)
+        return None
+    return WebhookNotifier(settings, url, source="bot-coordinator", clock=clock)
 
 
 def exchange_probes(runners: Iterable[BotRunner], public: PublicExchanges) -> dict[str, Probe]:

@@ -24,7 +24,14 @@ from bots.bot import Bot, TickStats
 from bots.errors import ExchangeError
 from bots.exchanges.base import ExchangeAdapter
 from bots.feeds.base import MarketFeed
-from bots.gateway import BotIdentity, OrderGate, OrderGateway, PartialFillPolicy, SendGuard
+from bots.gateway import (
+    BotIdentity,
+    OrderGate,
+    OrderGateway,
+    OrderObserver,
+    PartialFillPolicy,
+    SendGuard,
+)
 from bots.ids import ClientOrderIds
 from bots.retry import RetryPolicy
 from bots.strategies.base import Strategy
@@ -58,6 +65,7 @@ class BotParts:
     send_guard: SendGuard | None = None  # the circuit breakers
     # Run before each start: a live bot reads its opening balances from the exchange here.
     prepare: Callable[[], Awaitable[None]] | None = None
+    observer: OrderObserver | None = None  # metrics and alerts hear every order's outcome
 
 
 class BotRunner:
@@ -87,6 +95,7 @@ class BotRunner:
         self.strategy_state: dict[str, Any] = dict(persisted.get("strategy_state") or {})
         self.consecutive_crashes = 0
         self.next_restart_at: datetime | None = None
+        self.started_at: datetime | None = None  # the latest (re)start of its tick loop
         self.stats = TickStats()
         self._stop = asyncio.Event()
         self._crashed = asyncio.Event()
@@ -134,6 +143,7 @@ class BotRunner:
         self._stop = asyncio.Event()
         self._crashed = asyncio.Event()
         self.stats.healthy = asyncio.Event()
+        self.started_at = self._clock()
         await self._move(BotState.STARTING)
         self._task = asyncio.create_task(self._supervise(), name=f"bot:{self.name}")
         self._task.add_done_callback(self._on_task_done)
@@ -259,6 +269,7 @@ class BotRunner:
                 timedelta(minutes=self.settings.partial_fills.partial_fill_timeout_minutes),
             ),
             RetryPolicy.from_settings(self.settings.retry),
+            self.parts.observer,
         )
 
     async def _supervise(self) -> None:
@@ -333,6 +344,7 @@ class BotRunner:
                 log.warning("%s: not restarting: %s", self.name, refusal)
                 return
             self.restarts += 1
+            self.started_at = self._clock()
             self.stats.healthy = asyncio.Event()
             log.warning("%s: restarting (restart %d)", self.name, self.restarts)
             await self._move(BotState.STARTING)

@@ -22,10 +22,14 @@ from coordinator.api.requests import (
     parse_body,
 )
 from coordinator.errors import BadRequest, Forbidden, NotFound, ShuttingDown, Unauthorized
+from coordinator.metrics import CONTENT_TYPE
+from coordinator.metrics.http import record_request_metrics
 from coordinator.reconcile.model import render_table
 from coordinator.runtime import Coordinator
+from coordinator.service_health import UNHEALTHY, HealthCheck
 
 COORDINATOR = web.AppKey("coordinator", Coordinator)
+HEALTH = web.AppKey("health", HealthCheck)
 TOKEN = web.AppKey("token", ControlToken)
 ADMIN_TOKEN = web.AppKey("admin_token", ControlToken)
 
@@ -40,13 +44,19 @@ _OWN_AUTH = frozenset({"/kill-switch", "/reconcile"})
 def make_app(
     coordinator: Coordinator, token: ControlToken, admin_token: ControlToken | None = None
 ) -> web.Application:
-    app = web.Application(middlewares=[json_errors, require_token], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[record_request_metrics(coordinator.metrics), json_errors, require_token],
+        client_max_size=MAX_BODY_BYTES,
+    )
     app[COORDINATOR] = coordinator
+    app[HEALTH] = HealthCheck(coordinator)
     app[TOKEN] = token
     if admin_token is not None:
         app[ADMIN_TOKEN] = admin_token
     app.router.add_get("/status", get_status)
     app.router.add_get("/health", get_health)
+    app.router.add_get("/alerts", get_alerts)
+    app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/audit", get_audit)
     app.router.add_post("/start", post_start)
     app.router.add_post("/stop", post_stop)
@@ -89,13 +99,25 @@ async def get_status(request: web.Request) -> web.Response:
 
 
 async def get_health(request: web.Request) -> web.Response:
-    coordinator = request.app[COORDINATOR]
-    return web.json_response(
-        {
-            "status": "ok" if coordinator.accepting else "shutting_down",
-            "store_backlog": coordinator.store.backlog,
-        }
-    )
+    """200 healthy or degraded, 503 unhealthy: `curl -f` fails exactly when a person must act."""
+    report = await request.app[HEALTH].report()
+    return web.json_response(report, status=503 if report["status"] == UNHEALTHY else 200)
+
+
+async def get_alerts(request: web.Request) -> web.Response:
+    """Firing (most severe first), pending and recently resolved alerts."""
+    alerts = request.app[COORDINATOR].alerts
+    if alerts is None:
+        raise NotFound("alerting is not running in this coordinator")
+    return web.json_response(alerts.listing())
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition (prometheus-client)."""
+    body = request.app[COORDINATOR].metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
 
 
 async def get_audit(request: web.Request) -> web.Response:

@@ -1,6 +1,6 @@
 """The backup archive: one gzip'd tar, written once, and read back only through a strict check.
 
-Members, in this order: `manifest.json`, `config/<file>` for the five config files, then
+Members, in this order: `manifest.json`, `config/<file>` for the six config files, then
 `database/coordinator.db` when the backup holds the database. The order matters: the config can
 be checked without reading the (large) database behind it.
 

@@ -3,7 +3,7 @@
 Steps, all inside a `.tmp-<archive>` work directory in the backup directory, under the backup
 directory's lock:
 
-1. read the five config files once; write those bytes to `work/config/` and check them with the
+1. read the six config files once; write those bytes to `work/config/` and check them with the
    real loader (`load_config`): an invalid configuration is never backed up, so it can never
    become the latest;
 2. copy the database with SQLite's online backup API and check the copy (`database.py`);

@@ -16,7 +16,7 @@
 ```
 
 `parse_manifest` checks the shape strictly: a manifest that lists a path other than the ones a
-backup can hold (the five config files and the database) is refused, so a crafted archive
+backup can hold (the six config files and the database) is refused, so a crafted archive
 cannot make a restore write anywhere else.
 """
 

@@ -1,11 +1,13 @@
-"""The coordinator's configuration: five JSON files, checked by JSON Schema and typed by pydantic.
+"""The coordinator's configuration: six JSON files, checked by JSON Schema and typed by pydantic.
 
 `load_config(dir)` returns a frozen `CoordinatorConfig` or raises `ConfigError` listing every
 problem; `embedded_config_dir()` is the shipped default a fresh clone runs on.
 """
 
+from coordinator.config.alerting import AlertsConfig, Severity
 from coordinator.config.issues import ConfigError, ConfigIssue
 from coordinator.config.loader import (
+    ALERTS_FILE,
     BOTS_FILE,
     CONFIG_FILES,
     ENDPOINTS_FILE,
@@ -47,6 +49,7 @@ from coordinator.config.models import (
 )
 
 __all__ = [
+    "ALERTS_FILE",
     "BOTS_FILE",
     "CONFIG_FILES",
     "ENDPOINTS_FILE",
@@ -54,6 +57,7 @@ __all__ = [
     "LIMITS_FILE",
     "RECOVERY_FILE",
     "ActivationLimit",
+    "AlertsConfig",
     "ApiEndpointsConfig",
     "BackupSettings",
     "BotConfig",
@@ -80,6 +84,7 @@ __all__ = [
     "RestartPolicy",
     "SafeModeFactors",
     "SequentialStart",
+    "Severity",
     "ShutdownSettings",
     "StrategyConfig",
     "embedded_config_dir",

@@ -1,4 +1,4 @@
-"""Read, check and type the five configuration files, reporting every problem at once.
+"""Read, check and type the six configuration files, reporting every problem at once.
 
 Order of work: each file is read and parsed (numbers with a fraction become `Decimal`), checked
 against its JSON Schema, then the checks a schema cannot express run (duplicate bot names, the
@@ -28,6 +28,7 @@ from jsonschema import Draft202012Validator
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
+from coordinator.config.alerting import AlertsConfig
 from coordinator.config.issues import (
     ConfigError,
     ConfigIssue,
@@ -56,6 +57,7 @@ LIMITS_FILE: Final = "bot-limits.json"
 KILL_SWITCH_FILE: Final = "kill-switch.json"
 RECOVERY_FILE: Final = "recovery-settings.json"
 ENDPOINTS_FILE: Final = "api-endpoints.json"
+ALERTS_FILE: Final = "alerts.json"
 
 CONFIG_FILES: Final[tuple[str, ...]] = (
     BOTS_FILE,
@@ -63,6 +65,7 @@ CONFIG_FILES: Final[tuple[str, ...]] = (
     KILL_SWITCH_FILE,
     RECOVERY_FILE,
     ENDPOINTS_FILE,
+    ALERTS_FILE,
 )
 
 _MODELS: Final[dict[str, type[BaseModel]]] = {
@@ -71,6 +74,7 @@ _MODELS: Final[dict[str, type[BaseModel]]] = {
     KILL_SWITCH_FILE: KillSwitchConfig,
     RECOVERY_FILE: RecoverySettings,
     ENDPOINTS_FILE: ApiEndpointsConfig,
+    ALERTS_FILE: AlertsConfig,
 }
 
 _SOURCE_CONFIG_DIR: Final = Path(__file__).resolve().parents[2] / "config"
@@ -341,6 +345,7 @@ def load_config(config_dir: Path) -> CoordinatorConfig:
             "kill_switch": models[KILL_SWITCH_FILE],
             "recovery": models[RECOVERY_FILE],
             "endpoints": models[ENDPOINTS_FILE],
+            "alerts": models[ALERTS_FILE],
             "source_dir": config_dir,
         }
     )

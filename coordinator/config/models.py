@@ -1,4 +1,4 @@
-"""Typed, immutable views of the five configuration files.
+"""Typed, immutable views of the six configuration files (alerts.json in `alerting.py`).
 
 The JSON Schemas in `config/schemas/` are what an operator's file is checked against first (they
 give the best error messages); these models repeat the same constraints so that a configuration
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from coordinator.config.alerting import AlertsConfig
 
 BOT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 EXCHANGE_PATTERN = r"^[a-z0-9]+$"
@@ -401,6 +403,7 @@ class CoordinatorConfig(_Frozen):
     kill_switch: KillSwitchConfig
     recovery: RecoverySettings
     endpoints: ApiEndpointsConfig
+    alerts: AlertsConfig
     source_dir: Path
 
 

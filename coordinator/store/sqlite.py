@@ -21,8 +21,9 @@ import contextlib
 import enum
 import logging
 import sqlite3
+import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,9 @@ class SqliteStore:
         self._max_batch_jobs = max_batch_jobs
         self._broken: Exception | None = None
         self.stats = WriterStats()
+        # Told of every commit: (seconds from BEGIN to COMMIT, safety lane). Metrics listen.
+        self.on_commit: Callable[[float, bool], None] | None = None
+        self.last_commit_seconds: float | None = None
 
     @classmethod
     async def open(cls, path: Path, max_batch_jobs: int = MAX_BATCH_JOBS) -> SqliteStore:
@@ -159,6 +163,23 @@ class SqliteStore:
         async with self._reader_conn.execute(sql, params) as cursor:
             row: aiosqlite.Row | None = await cursor.fetchone()
             return row
+
+    async def ping(self) -> float:
+        """One real round trip to the database (a query on the read connection, through its
+        thread): its duration in seconds. Raises StoreError when the store cannot answer."""
+        if self._closing:
+            raise StoreClosed("the store is closed")
+        began = time.perf_counter()
+        try:
+            await self.fetch_one("SELECT 1")
+        except (sqlite3.Error, ValueError) as exc:
+            raise StoreError(f"the database does not answer: {exc}") from exc
+        return time.perf_counter() - began
+
+    @property
+    def broken(self) -> Exception | None:
+        """Why the writer stopped for good, or None while it can write."""
+        return self._broken
 
     @property
     def backlog(self) -> int:
@@ -212,6 +233,7 @@ class SqliteStore:
                 await self._wakeup.wait()
                 continue
             jobs, is_safety = self._next_batch()
+            began = time.perf_counter()
             try:
                 await self._commit_batch(jobs)
             except BaseException as exc:
@@ -228,6 +250,9 @@ class SqliteStore:
             self.stats.safety_commits += int(is_safety)
             self.stats.jobs += len(jobs)
             self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
+            self.last_commit_seconds = time.perf_counter() - began
+            if self.on_commit is not None:
+                self.on_commit(self.last_commit_seconds, is_safety)
 
     async def _commit_batch(self, jobs: list[_Job]) -> None:
         conn = self._writer_conn

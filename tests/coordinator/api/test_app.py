@@ -102,7 +102,7 @@ async def test_health_answers_without_a_token(client: TestClient) -> None:
     response = await client.get("/health")
 
     assert response.status == 200
-    assert (await response.json())["status"] == "ok"
+    assert (await response.json())["status"] == "healthy"
 
 
 async def test_a_running_bot_shows_ticks_orders_and_fills_in_status(

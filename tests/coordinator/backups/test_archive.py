@@ -156,6 +156,7 @@ def test_config_only_reading_stops_before_the_database(archive: Path, tmp_path: 
         "kill-switch.json",
         "recovery-settings.json",
         "api-endpoints.json",
+        "alerts.json",
     }
     with pytest.raises(ArchiveError):
         read_archive(truncated_db)

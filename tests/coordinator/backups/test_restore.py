@@ -98,7 +98,7 @@ def test_a_dry_run_shows_the_diff_and_changes_nothing(
     assert f"+++ {config_dir / 'bot-limits.json'} (backup of 2026-11-23 10:15:02 UTC)" in out
     assert '-{"version": 1, "defaults": ' in out
     assert '+  "version": 1,' in out
-    assert "4 config file(s) already match the backup" in out
+    assert "5 config file(s) already match the backup" in out
     assert "bots.json" not in out.replace("bot-limits.json", "")
     assert "nothing was changed" in err
 

@@ -1,0 +1,145 @@
+"""What the alert rules and `/health` read: one plain snapshot of the coordinator's state.
+
+Gathering is synchronous and reads memory only (no store query, no exchange call), so it is
+cheap enough for every evaluation and every `/health` poll with a hundred bots. The disk
+reading, a system call, is taken separately off the loop (`disk_free_pct`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from coordinator.alerts.window import OutcomeWindow, WindowCount
+from coordinator.lifecycle import BotState
+
+if TYPE_CHECKING:
+    from coordinator.runtime import Coordinator
+    from coordinator.supervisor import BotRunner
+
+
+@dataclass(frozen=True, slots=True)
+class BotFacts:
+    name: str
+    exchange: str
+    mode: str
+    state: BotState
+    tick_interval_seconds: float
+    heartbeat_age_seconds: float | None  # since the last completed tick; None: none yet
+    running_for_seconds: float | None  # since it was last started (None: not started)
+    crash_looped: bool  # crashed and left crashed for an operator
+    last_error: str | None
+    window: WindowCount  # orders sent and failed in the failure-rate window
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerFacts:
+    name: str  # "global" or an exchange id
+    state: str  # closed, open, half_open
+    reason: str | None
+    latched: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeFacts:
+    name: str
+    state: str  # up, degraded, down, unknown
+    latency_ms: float | None
+    last_error: str | None
+    endpoint: str  # primary or backup
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    now: datetime
+    accepting: bool
+    kill_switch: dict[str, Any]
+    bots: tuple[BotFacts, ...]
+    breakers: tuple[BreakerFacts, ...]
+    exchanges: tuple[ExchangeFacts, ...]
+    reconciliation: dict[str, Any] | None  # the newest run of this process
+    backups: dict[str, Any] | None  # BackupService.status(), None when backups are off
+    uptime_seconds: float
+    disk_free_pct: float | None = None
+
+
+def gather(coordinator: Coordinator, window: OutcomeWindow | None) -> Facts:
+    now = coordinator.clock()
+    status = coordinator.safety.status()
+    breakers = [_breaker(status["global"])] + [
+        _breaker(snapshot) for snapshot in status["exchanges"].values()
+    ]
+    last = coordinator.reconciler.last
+    return Facts(
+        now=now,
+        accepting=coordinator.accepting,
+        kill_switch=coordinator.kill_switch.status(),
+        bots=tuple(_bot(r, now, window) for r in coordinator.supervisor.runners.values()),
+        breakers=tuple(breakers),
+        exchanges=tuple(_exchanges(coordinator)),
+        reconciliation=None
+        if last is None
+        else {
+            "run_id": last.run_id,
+            "at": last.finished_at.isoformat(),
+            "clean": last.clean,
+            "remaining": last.remaining,
+            "errors": last.errors,
+        },
+        backups=coordinator.backups.status() if coordinator.backups is not None else None,
+        uptime_seconds=coordinator.uptime_seconds(),
+    )
+
+
+def disk_free_pct(path: Path) -> float | None:
+    """Free space of the file system holding `path`, in percent (blocking: run in a thread)."""
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return None
+    return 100.0 * usage.free / usage.total if usage.total else None
+
+
+def _bot(runner: BotRunner, now: datetime, window: OutcomeWindow | None) -> BotFacts:
+    last_tick = runner.stats.last_tick_at
+    started = runner.started_at
+    return BotFacts(
+        name=runner.name,
+        exchange=runner.parts.config.exchange,
+        mode=runner.parts.config.mode.value,
+        state=runner.state,
+        tick_interval_seconds=runner.parts.config.tick_interval_seconds,
+        heartbeat_age_seconds=(now - last_tick).total_seconds() if last_tick else None,
+        running_for_seconds=(now - started).total_seconds() if started else None,
+        crash_looped=runner.state is BotState.CRASHED and runner.next_restart_at is None,
+        last_error=runner.last_error,
+        window=window.count(runner.name) if window is not None else WindowCount(0, 0),
+    )
+
+
+def _breaker(snapshot: dict[str, Any]) -> BreakerFacts:
+    return BreakerFacts(
+        name=str(snapshot["name"]),
+        state=str(snapshot["state"]),
+        reason=snapshot.get("reason"),
+        latched=bool(snapshot.get("latched")),
+    )
+
+
+def _exchanges(coordinator: Coordinator) -> list[ExchangeFacts]:
+    if coordinator.health is None:
+        return []
+    failovers = coordinator.health.failovers
+    return [
+        ExchangeFacts(
+            name=name,
+            state=health.state,
+            latency_ms=health.latency_ms,
+            last_error=health.last_error,
+            endpoint=failovers[name].active if name in failovers else "primary",
+        )
+        for name, health in sorted(coordinator.health.health.items())
+    ]

@@ -1,0 +1,124 @@
+"""The metrics a coordinator records as things happen (counters and histograms)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from bots.gateway import BotIdentity, FailureClass
+from bots.journal import OrderStatus
+from coordinator.alerts.window import OutcomeWindow
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+PREFIX = "bot_coordinator"
+
+ACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+FAILED_OUTCOMES = frozenset({"rejected", "failed", "unresolved"})
+
+
+class Metrics:
+    """The registry and the instruments; also the gateways' `OrderObserver`."""
+
+    def __init__(self, failures: OutcomeWindow | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.failures = failures  # the alert engine's window of order outcomes
+        r = self.registry
+        self.orders = Counter(
+            f"{PREFIX}_orders",
+            "Orders that reached a final status in the journal",
+            ["bot", "exchange", "status"],
+            registry=r,
+        )
+        self.submits = Counter(
+            f"{PREFIX}_order_submits",
+            "Orders sent to an exchange, by how their submit ended (sent, rejected, failed, "
+            "unresolved); the denominator of the failure rate",
+            ["bot", "exchange", "outcome"],
+            registry=r,
+        )
+        self.failures_total = Counter(
+            f"{PREFIX}_order_failures",
+            "Failed attempts to send an order, by reason and class (transient, permanent)",
+            ["bot", "exchange", "reason", "class"],
+            registry=r,
+        )
+        self.fills = Counter(f"{PREFIX}_fills", "Fills committed", ["bot", "exchange"], registry=r)
+        self.filled_notional = Counter(
+            f"{PREFIX}_filled_notional",
+            "Filled notional (amount x price) in the quote currency",
+            ["bot", "exchange", "currency"],
+            registry=r,
+        )
+        self.ack_seconds = Histogram(
+            f"{PREFIX}_order_ack_seconds",
+            "Submit to acknowledgement: first send of an order to the exchange's answer",
+            ["exchange"],
+            buckets=ACK_BUCKETS,
+            registry=r,
+        )
+        self.kill_switch_activations = Counter(
+            f"{PREFIX}_kill_switch_activations",
+            "Kill switch activations in this process, by trigger",
+            ["trigger"],
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            f"{PREFIX}_store_commit_seconds",
+            "One store commit (a group of jobs) from BEGIN to COMMIT on disk, by lane",
+            ["lane"],
+            buckets=COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "Control plane requests, by route template, method and status",
+            ["route", "method", "status"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.alert_transitions = Counter(
+            f"{PREFIX}_alert_transitions",
+            "Alerts that fired or resolved",
+            ["alertname", "severity", "to"],
+            registry=r,
+        )
+
+    def register(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # -- OrderObserver ----------------------------------------------------------------------------
+
+    def send_failed(self, identity: BotIdentity, reason: str, failure: FailureClass) -> None:
+        self.failures_total.labels(identity.bot, identity.exchange, reason, failure).inc()
+
+    def submit_ended(
+        self, identity: BotIdentity, outcome: str, ack_seconds: float | None
+    ) -> None:
+        self.submits.labels(identity.bot, identity.exchange, outcome).inc()
+        if ack_seconds is not None:
+            self.ack_seconds.labels(identity.exchange).observe(ack_seconds)
+        if self.failures is not None:
+            self.failures.record(identity.bot, outcome in FAILED_OUTCOMES)
+
+    def order_finished(self, identity: BotIdentity, status: OrderStatus) -> None:
+        self.orders.labels(identity.bot, identity.exchange, status.value).inc()
+
+    def filled(self, identity: BotIdentity, amount: Decimal, price: Decimal) -> None:
+        self.fills.labels(identity.bot, identity.exchange).inc()
+        self.filled_notional.labels(identity.bot, identity.exchange, identity.quote_asset).inc(
+            float(amount * price)
+        )
+
+    # -- the store --------------------------------------------------------------------------------
+
+    def committed(self, seconds: float, safety: bool) -> None:
+        self.commit_seconds.labels("safety" if safety else "normal").observe(seconds)
