@@ -34,6 +34,7 @@ from coordinator.config import ConfigError, embedded_config_dir, load_config
 from coordinator.config.models import BotMode, CoordinatorConfig
 from coordinator.health_cli import run_health_check
 from coordinator.logging_setup import configure_logging, stop_logging
+from coordinator.outside_monitor_app import add_monitor_command, run_monitor
 from coordinator.reconcile_cli import add_reconcile_command, reconcile
 from coordinator.runtime import DATABASE_FILE
 from coordinator.server import ServerOptions, StartupError, serve
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_breaker_commands(commands)
     add_reconcile_command(commands)
     add_backup_commands(commands)
+    add_monitor_command(commands)
     return parser
 
 
@@ -149,13 +151,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.umask(previous_umask)
 
 
-def _main(args: argparse.Namespace) -> int:
-    if args.verify_data:  # before the config: the data can be checked while the config is broken
+def _before_config(args: argparse.Namespace) -> int | None:
+    """The commands that run before (or without) a valid config; None for the others."""
+    if args.verify_data:  # the data can be checked while the config is broken
         return run_verify_data(args)
+    if args.command == "monitor":  # a process of its own, watching the coordinator from outside
+        return run_monitor(args, _config_dir(args.config_dir))
     if args.health_check:  # a broken config is one of the things it reports
         return run_health_check(args, _config_dir(args.config_dir))
-    if args.command in BACKUP_COMMANDS:  # before the config: restore mends a broken one
+    if args.command in BACKUP_COMMANDS:  # restore mends a broken config
         return run_backup_command(args, _config_dir(args.config_dir), _lock_data_dir)
+    return None
+
+
+def _main(args: argparse.Namespace) -> int:
+    if (code := _before_config(args)) is not None:
+        return code
     config_dir = _config_dir(args.config_dir)
     try:
         config = load_config(config_dir)

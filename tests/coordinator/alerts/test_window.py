@@ -1,0 +1,45 @@
+"""Order outcomes over a sliding window of one-minute buckets."""
+
+from __future__ import annotations
+
+from coordinator.alerts.window import OutcomeWindow, WindowCount
+from tests.coordinator.alerts.support import T0
+from tests.support_config import FakeClock
+
+
+def test_outcomes_are_counted_per_bot_within_the_window() -> None:
+    clock = FakeClock(T0)
+    window = OutcomeWindow(15, clock)
+    for failed in (True, False, False, True):
+        window.record("ndax", failed)
+    window.record("kraken", False)
+
+    assert window.count("ndax") == WindowCount(4, 2)
+    assert window.count("ndax").failure_pct == 50.0
+    assert window.count("kraken") == WindowCount(1, 0)
+    assert window.count("unknown") == WindowCount(0, 0)
+
+
+def test_outcomes_older_than_the_window_are_forgotten() -> None:
+    clock = FakeClock(T0)
+    window = OutcomeWindow(15, clock)
+    window.record("ndax", True)
+    clock.advance(seconds=10 * 60)
+    window.record("ndax", False)
+
+    assert window.count("ndax") == WindowCount(2, 1)
+    clock.advance(seconds=6 * 60)  # the failure is 16 minutes old
+    assert window.count("ndax") == WindowCount(1, 0)
+    clock.advance(seconds=10 * 60)
+    assert window.count("ndax") == WindowCount(0, 0)
+
+
+def test_memory_is_one_bucket_per_minute_whatever_the_order_rate() -> None:
+    clock = FakeClock(T0)
+    window = OutcomeWindow(15, clock)
+    for _ in range(60 * 30):  # 30 minutes, one order a second
+        window.record("ndax", False)
+        clock.advance(seconds=1)
+
+    assert len(window._buckets["ndax"]) <= 16
+    assert window.count("ndax").orders <= 15 * 60
