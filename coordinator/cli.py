@@ -33,6 +33,7 @@ from coordinator.breaker_cli import add_breaker_commands, reset_breaker
 from coordinator.config import ConfigError, embedded_config_dir, load_config
 from coordinator.config.models import BotMode, CoordinatorConfig
 from coordinator.health_cli import run_health_check
+from coordinator.log_analysis import add_analyze_logs_command, run_analyze_logs
 from coordinator.logging_setup import configure_logging, stop_logging
 from coordinator.outside_monitor_app import add_monitor_command, run_monitor
 from coordinator.reconcile_cli import add_reconcile_command, reconcile
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_reconcile_command(commands)
     add_backup_commands(commands)
     add_monitor_command(commands)
+    add_analyze_logs_command(commands)
     return parser
 
 
@@ -155,6 +157,8 @@ def _before_config(args: argparse.Namespace) -> int | None:
     """The commands that run before (or without) a valid config; None for the others."""
     if args.verify_data:  # the data can be checked while the config is broken
         return run_verify_data(args)
+    if args.command == "analyze-logs":  # reads the log; must not write to it, nor need a config
+        return run_analyze_logs(args)
     if args.command == "monitor":  # a process of its own, watching the coordinator from outside
         return run_monitor(args, _config_dir(args.config_dir))
     if args.health_check:  # a broken config is one of the things it reports

@@ -10,6 +10,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -123,6 +124,7 @@ class Coordinator:
                 await _note_unclean_end(journal, bot.name, persisted, clock())
                 parts = await build_bot_parts(bot, journal, public, accounts, safety, clock)
                 parts.observer = metrics
+                metrics.add_bot(parts.identity)
                 runners[bot.name] = BotRunner(
                     parts,
                     journal,
@@ -166,8 +168,9 @@ class Coordinator:
             )
             await coordinator.backups.start()
         coordinator._start_reconcile_schedule()
+        notifier, notifications_off = _notifier(config, clock)
         coordinator.alerts = AlertService(
-            coordinator, config.alerts, window, data_dir, metrics, _notifier(config, clock)
+            coordinator, config.alerts, window, data_dir, metrics, notifier, notifications_off
         )
         await coordinator.alerts.start()
         safety.start_watch(
@@ -613,18 +616,24 @@ class Coordinator:
 HALT_WAIT_SECONDS = 2.0
 
 
-def _notifier(config: CoordinatorConfig, clock: Callable[[], datetime]) -> WebhookNotifier | None:
-    """The webhook notifier alerts.json asks for; none (said in the log) when its URL's env var
-    is missing: alerts still fire, show in /alerts and /metrics, and are audited."""
+def _notifier(
+    config: CoordinatorConfig, clock: Callable[[], datetime]
+) -> tuple[WebhookNotifier | None, str | None]:
+    """The webhook notifier alerts.json asks for, or None and why not (said in the log and in
+    GET /alerts): alerts still fire, show in /alerts and /metrics, and are audited."""
     settings = config.alerts.notifications
     if settings.webhook is None:
-        return None
+        return None, "no webhook in alerts.json (notifications.webhook is null)"
+    if not os.environ.get(settings.webhook.url_env):
+        why = f"${settings.webhook.url_env} is not set"
+        log.warning("alert notifications are off: %s (alerts.json notifications.webhook)", why)
+        return None, why
     try:
         url = webhook_url(settings)
     except NotifierConfigError as exc:
         log.error("alert notifications are off: %s", exc)
-        return None
-    return WebhookNotifier(settings, url, source="bot-coordinator", clock=clock)
+        return None, str(exc)
+    return WebhookNotifier(settings, url, source="bot-coordinator", clock=clock), None
 
 
 def exchange_probes(runners: Iterable[BotRunner], public: PublicExchanges) -> dict[str, Probe]:

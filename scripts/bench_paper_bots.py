@@ -29,19 +29,16 @@ from typing import Any
 
 import uvloop
 
-from coordinator.config import embedded_config_dir, load_config
+from coordinator.config import CONFIG_FILES, embedded_config_dir, load_config
 from coordinator.runtime import Coordinator
 from coordinator.store.sqlite import Priority
 
 
 def make_config(directory: Path, bots: int, tick: float, unlimited: bool) -> Path:
     source = embedded_config_dir()
-    for name in (
-        "bot-limits.json",
-        "kill-switch.json",
-        "recovery-settings.json",
-        "api-endpoints.json",
-    ):
+    for name in CONFIG_FILES:
+        if name == "bots.json":
+            continue
         data = json.loads((source / name).read_text())
         if name == "bot-limits.json":
             data["bots"] = {}

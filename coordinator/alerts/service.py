@@ -40,7 +40,9 @@ class AlertService:
         data_dir: Path,
         metrics: Metrics | None = None,
         notifier: WebhookNotifier | None = None,
+        notifications_off: str | None = None,  # why there is no notifier
     ) -> None:
+        self.notifications_off = notifications_off
         self.coordinator = coordinator
         self.config = config
         self.window = window
@@ -150,6 +152,8 @@ class AlertService:
         listing["evaluation_interval_seconds"] = self.config.evaluation_interval_seconds
         if self.notifier is not None:
             listing["notifications"] = self.notifier.status()
+        else:
+            listing["notifications"] = {"enabled": False, "why": self.notifications_off}
         return listing
 
     def metrics_families(self) -> Iterator[Metric]:
@@ -175,6 +179,13 @@ class AlertService:
             if window.orders:
                 rate.add_metric([bot], window.failed / window.orders)
         yield rate
+        if self._disk is not None:
+            disk = GaugeMetricFamily(
+                f"{PREFIX}_data_dir_free_ratio",
+                "Free space of the data dir's file system (0-1), read at each evaluation",
+            )
+            disk.add_metric([], self._disk / 100)
+            yield disk
         if self.notifier is not None:
             status = self.notifier.status()
             for field in ("sent_messages", "failed_attempts", "dropped"):

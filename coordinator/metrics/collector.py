@@ -64,6 +64,11 @@ class CoordinatorCollector(Collector):
         state = _gauge("bot_state", "1 for the bot's current lifecycle state", ["bot", "state"])
         restarts = _counter("bot_restarts", "Crash restarts of the bot's tick loop", ["bot"])
         crashes = _gauge("bot_consecutive_crashes", "Crashes in a row", ["bot"])
+        looped = _gauge(
+            "bot_crash_looped", "1 when the bot crashed and is left crashed for an operator",
+            ["bot"],
+        )
+        interval = _gauge("bot_tick_interval_seconds", "The bot's configured tick", ["bot"])
         lag = _gauge("bot_tick_lag_seconds", "How late the newest tick started", ["bot"])
         heartbeat = _gauge("bot_heartbeat_age_seconds", "Seconds since the last tick", ["bot"])
         position = _gauge("bot_position_base", "Position in the base asset", ["bot", "asset"])
@@ -83,6 +88,9 @@ class CoordinatorCollector(Collector):
                 state.add_metric([name, each.value], 1 if runner.state is each else 0)
             restarts.add_metric([name], runner.restarts)
             crashes.add_metric([name], runner.consecutive_crashes)
+            crash_looped = runner.state is BotState.CRASHED and runner.next_restart_at is None
+            looped.add_metric([name], int(crash_looped))
+            interval.add_metric([name], config.tick_interval_seconds)
             lag.add_metric([name], runner.stats.lag_seconds)
             if runner.stats.last_tick_at is not None:
                 heartbeat.add_metric([name], (now - runner.stats.last_tick_at).total_seconds())
@@ -106,7 +114,8 @@ class CoordinatorCollector(Collector):
             open_orders.add_metric([name], len(book.live_orders))
             for code, count in sorted(book.refusals.items()):
                 refusals.add_metric([name, code], count)
-        yield from (state, restarts, crashes, lag, heartbeat, position, notional, balance, pnl)
+        yield from (state, restarts, crashes, looped, interval, lag, heartbeat)
+        yield from (position, notional, balance, pnl)
         yield from (open_orders, refusals)
 
     def _safety(self) -> Iterator[Metric]:
@@ -180,6 +189,10 @@ class CoordinatorCollector(Collector):
             yield _single(
                 "backup_last_failed", "1 when the last backup attempt failed",
                 int(status["result"] == "failed"),
+            )
+            yield _single(
+                "backup_interval_seconds", "backups.interval_minutes (0: on demand only)",
+                60 * float(status["interval_minutes"]),
             )
         if c.alerts is not None:
             yield from c.alerts.metrics_families()

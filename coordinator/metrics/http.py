@@ -1,7 +1,8 @@
 """Control plane request durations by route template, method and status.
 
-The route is the template (`/bots/{name}` style), never the raw path, so a scan of random URLs
-cannot grow the label set: an unknown path is `unmatched`.
+The route is the template (`/bots/{name}` style), never the raw path, and a method outside
+HTTP's usual ones is `other`, so a scan of random URLs or verbs cannot grow the label set: an
+unknown path is `unmatched`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from coordinator.metrics.registry import Metrics
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def record_request_metrics(metrics: Metrics) -> Middleware:
@@ -27,7 +30,8 @@ def record_request_metrics(metrics: Metrics) -> Middleware:
             status = exc.status
             raise
         finally:
-            metrics.http_seconds.labels(_route(request), request.method, str(status)).observe(
+            method = request.method if request.method in METHODS else "other"
+            metrics.http_seconds.labels(_route(request), method, str(status)).observe(
                 time.perf_counter() - began
             )
 

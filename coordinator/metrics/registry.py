@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from bots.gateway import BotIdentity, FailureClass
-from bots.journal import OrderStatus
+from bots.journal import TERMINAL_STATUSES, OrderStatus
 from coordinator.alerts.window import OutcomeWindow
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -20,6 +26,12 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 FAILED_OUTCOMES = frozenset({"rejected", "failed", "unresolved"})
+SUBMIT_OUTCOMES = ("sent", *sorted(FAILED_OUTCOMES))
+FINAL_STATUSES = tuple(s.value for s in sorted(TERMINAL_STATUSES, key=lambda s: s.value))
+
+# The `*_created` series prometheus-client adds to every counter and histogram would double
+# the exposition for a timestamp Prometheus does not use; this is process-wide and idempotent.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -88,6 +100,16 @@ class Metrics:
             ["alertname", "severity", "to"],
             registry=r,
         )
+
+    def add_bot(self, identity: BotIdentity) -> None:
+        """Every outcome and final status of the bot's orders at 0 from the start: a series
+        that appears only at its first event hides that event from Prometheus' increase()."""
+        for outcome in SUBMIT_OUTCOMES:
+            self.submits.labels(identity.bot, identity.exchange, outcome)
+        for status in FINAL_STATUSES:
+            self.orders.labels(identity.bot, identity.exchange, status)
+        self.fills.labels(identity.bot, identity.exchange)
+        self.filled_notional.labels(identity.bot, identity.exchange, identity.quote_asset)
 
     def register(self, collector: Collector) -> None:
         self.registry.register(collector)
