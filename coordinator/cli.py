@@ -22,6 +22,7 @@ from typing import IO
 from coordinator import __version__
 from coordinator.accounts import MissingCredentials
 from coordinator.api.auth import TokenError, load_or_create_admin_token, load_or_create_token
+from coordinator.arguments import port_number
 from coordinator.backup_cli import (
     BACKUP_COMMANDS,
     add_backup_commands,
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bot-coordinator {__version__}")
     parser.add_argument("--host", default="127.0.0.1", help="control plane address (127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=8000, help="control plane port (8000)")
+    parser.add_argument("--port", type=port_number, default=8000, help="control plane port (8000)")
     parser.add_argument(
         "--config-dir",
         type=Path,
@@ -123,16 +124,6 @@ def _ticks(text: str) -> int:
     if not 1 <= ticks <= 100_000:
         raise argparse.ArgumentTypeError(f"{ticks} is outside 1-100000")
     return ticks
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is outside 1-65535")
-    return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:

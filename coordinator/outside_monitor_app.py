@@ -22,7 +22,6 @@ import logging
 import logging.handlers
 import math
 import queue
-import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -31,11 +30,13 @@ from typing import Any
 import pydantic
 from aiohttp import web
 
-from coordinator.alerts.notifier import NotifierConfigError, WebhookNotifier, webhook_url
+from coordinator.alerts.notifier import notifier_from_config
 from coordinator.api.errors import Handler, error_response
+from coordinator.arguments import port_number
 from coordinator.config import ConfigError, load_config
 from coordinator.config.alerting import AlertsConfig, MonitorConfig, Severity
 from coordinator.outside_monitor import SOURCE, OutsideMonitor
+from coordinator.server import stop_on_signals
 from coordinator.store.journal import iso
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ async def serve_monitor(
 ) -> None:
     """Listen on host:port and poll until `stop` is set (by SIGINT/SIGTERM when not given);
     then stop polling, close the HTTP server, and flush and close the notifier."""
-    stop = stop or _stop_on_signals()
+    stop = stop or stop_on_signals()
     runner = web.AppRunner(make_monitor_app(monitor), access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -207,7 +208,7 @@ def add_monitor_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--port",
         dest="monitor_port",
         metavar="PORT",
-        type=_port,
+        type=port_number,
         help="the monitor's port (monitor.port, 8080)",
     )
     command.add_argument(
@@ -265,43 +266,15 @@ def with_overrides(config: AlertsConfig, args: argparse.Namespace) -> AlertsConf
 
 async def _serve(config: AlertsConfig) -> int:
     settings = config.monitor
-    monitor = OutsideMonitor(config, settings.coordinator_url, _notifier(config))
+    monitor = OutsideMonitor(
+        config, settings.coordinator_url, notifier_from_config(config.notifications, SOURCE)[0]
+    )
     try:
         await serve_monitor(monitor, settings.host, settings.port)
     except MonitorStartError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_START_FAILED
     return EXIT_OK
-
-
-def _notifier(config: AlertsConfig) -> WebhookNotifier | None:
-    """As the coordinator does: with the URL's env var unusable the monitor still runs and
-    lists its alerts, without notifications (said in the log)."""
-    settings = config.notifications
-    if settings.webhook is None:
-        return None
-    try:
-        url = webhook_url(settings)
-    except NotifierConfigError as exc:
-        log.error("alert notifications are off: %s", exc)
-        return None
-    return WebhookNotifier(settings, url, source=SOURCE)
-
-
-def _stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def request_stop(signame: str) -> None:
-        if stop.is_set():
-            log.warning("%s again: already shutting down", signame)
-            return
-        log.info("%s received", signame)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, request_stop, sig.name)
-    return stop
 
 
 def _log_to_stderr(level: str) -> logging.handlers.QueueListener:
@@ -328,16 +301,6 @@ def _option_problems(exc: pydantic.ValidationError) -> list[str]:
         where = _OPTIONS.get(field, f"alerts.json monitor.{field}" if field else "monitor")
         lines.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
     return lines
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is outside 1-65535")
-    return port
 
 
 def _seconds(text: str) -> float:

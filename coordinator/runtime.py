@@ -10,7 +10,6 @@ import asyncio
 import gc
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,7 @@ from bots.exchanges.paper import PaperExchange
 from bots.ids import ClientOrderIds
 from coordinator import __version__
 from coordinator.accounts import Accounts
-from coordinator.alerts.notifier import NotifierConfigError, WebhookNotifier, webhook_url
+from coordinator.alerts.notifier import notifier_from_config
 from coordinator.alerts.service import AlertService
 from coordinator.alerts.window import OutcomeWindow
 from coordinator.backups.service import BackupService
@@ -168,7 +167,9 @@ class Coordinator:
             )
             await coordinator.backups.start()
         coordinator._start_reconcile_schedule()
-        notifier, notifications_off = _notifier(config, clock)
+        notifier, notifications_off = notifier_from_config(
+            config.alerts.notifications, "bot-coordinator", clock
+        )
         coordinator.alerts = AlertService(
             coordinator, config.alerts, window, data_dir, metrics, notifier, notifications_off
         )
@@ -614,26 +615,6 @@ class Coordinator:
 
 
 HALT_WAIT_SECONDS = 2.0
-
-
-def _notifier(
-    config: CoordinatorConfig, clock: Callable[[], datetime]
-) -> tuple[WebhookNotifier | None, str | None]:
-    """The webhook notifier alerts.json asks for, or None and why not (said in the log and in
-    GET /alerts): alerts still fire, show in /alerts and /metrics, and are audited."""
-    settings = config.alerts.notifications
-    if settings.webhook is None:
-        return None, "no webhook in alerts.json (notifications.webhook is null)"
-    if not os.environ.get(settings.webhook.url_env):
-        why = f"${settings.webhook.url_env} is not set"
-        log.warning("alert notifications are off: %s (alerts.json notifications.webhook)", why)
-        return None, why
-    try:
-        url = webhook_url(settings)
-    except NotifierConfigError as exc:
-        log.error("alert notifications are off: %s", exc)
-        return None, str(exc)
-    return WebhookNotifier(settings, url, source="bot-coordinator", clock=clock), None
 
 
 def exchange_probes(runners: Iterable[BotRunner], public: PublicExchanges) -> dict[str, Probe]:

@@ -46,7 +46,7 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve until `stop` is set (by a signal, when not given)."""
-    stop = stop or _stop_on_signals()
+    stop = stop or stop_on_signals()
     coordinator = await Coordinator.open(config, options.data_dir, backup_dir=options.backup_dir)
     runner = web.AppRunner(
         make_app(coordinator, token, admin_token), access_log=None, handle_signals=False
@@ -90,7 +90,8 @@ async def _shutdown(coordinator: Coordinator, runner: web.AppRunner) -> None:
     log.info("stopped cleanly in %.2fs", loop.time() - began)
 
 
-def _stop_on_signals() -> asyncio.Event:
+def stop_on_signals() -> asyncio.Event:
+    """An event set by the first SIGINT or SIGTERM (a second one is only logged)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

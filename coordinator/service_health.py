@@ -10,8 +10,9 @@
 answer, the kill switch is active, a bot is in a crash loop or has stopped ticking, an exchange
 is down, the global breaker is latched, the disk is all but full, the coordinator is shutting
 down. `degraded` (200) is worth a look: a breaker open, an exchange failing or on its backup
-endpoint, a bot waiting out a restart, backups late or failing. A stopped bot is healthy: bots
-come back stopped after a restart on purpose.
+endpoint, a bot waiting out a restart or for its orders from the previous run to be resolved,
+backups late or failing. A stopped bot is healthy: bots come back stopped after a restart on
+purpose.
 
 It reads memory plus one real store round trip (`SqliteStore.ping`, shared by concurrent
 polls), so it is cheap at one poll a second with a hundred bots (docs/benchmarks.md).
@@ -125,8 +126,8 @@ def _bots(facts: Facts, rules: AlertRules) -> dict[str, Any]:
 def _bot(bot: BotFacts, stale: bool) -> dict[str, Any]:
     if bot.crash_looped or stale:
         status = UNHEALTHY
-    elif bot.state is BotState.CRASHED:
-        status = DEGRADED  # waiting out its restart backoff
+    elif bot.state is BotState.CRASHED or bot.unresolved_orders:
+        status = DEGRADED  # waiting out its restart backoff, or its orders being resolved
     else:
         status = HEALTHY
     age = bot.heartbeat_age_seconds
@@ -136,6 +137,7 @@ def _bot(bot: BotFacts, stale: bool) -> dict[str, Any]:
         "mode": bot.mode,
         "heartbeat_age_s": round(age, 1) if age is not None else None,
         "stale": stale,
+        "unresolved_orders": bot.unresolved_orders,
         "error": bot.last_error if status != HEALTHY else None,
     }
 

@@ -33,6 +33,7 @@ class BotFacts:
     crash_looped: bool  # crashed and left crashed for an operator
     last_error: str | None
     window: WindowCount  # orders sent and failed in the failure-rate window
+    unresolved_orders: int = 0  # orders from the previous run not yet resolved: it cannot start
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,7 @@ def _bot(runner: BotRunner, now: datetime, window: OutcomeWindow | None) -> BotF
         crash_looped=runner.state is BotState.CRASHED and runner.next_restart_at is None,
         last_error=runner.last_error,
         window=window.count(runner.name) if window is not None else WindowCount(0, 0),
+        unresolved_orders=len(runner.unresolved_orders),
     )
 
 

@@ -344,3 +344,25 @@ def _seconds(value: str | None) -> float | None:
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("alert webhook notifier stopped", exc_info=task.exception())
+
+
+def notifier_from_config(
+    settings: NotificationsConfig,
+    source: str,
+    clock: Callable[[], datetime] = _utcnow,
+    environ: Mapping[str, str] = os.environ,
+) -> tuple[WebhookNotifier | None, str | None]:
+    """The notifier alerts.json asks for, or None and why not (logged). Without a usable URL
+    the coordinator and the monitor still raise and list their alerts, unnotified."""
+    if settings.webhook is None:
+        return None, "no webhook in alerts.json (notifications.webhook is null)"
+    if not environ.get(settings.webhook.url_env):
+        why = f"${settings.webhook.url_env} is not set"
+        log.warning("alert notifications are off: %s (alerts.json notifications.webhook)", why)
+        return None, why
+    try:
+        url = webhook_url(settings, environ)
+    except NotifierConfigError as exc:
+        log.error("alert notifications are off: %s", exc)
+        return None, str(exc)
+    return WebhookNotifier(settings, url, source=source, clock=clock), None

@@ -54,7 +54,7 @@ async def test_a_fresh_coordinator_is_healthy_with_measured_store_latency(
     assert set(services["bots"]) == {"ndax", "kraken"}
     assert services["bots"]["ndax"] == {
         "status": "healthy", "state": "stopped", "mode": "paper", "heartbeat_age_s": None,
-        "stale": False, "error": None,
+        "stale": False, "unresolved_orders": 0, "error": None,
     }
     assert services["kill_switch"]["active"] is False
 
