@@ -592,6 +592,8 @@ class Coordinator:
         if self.health is not None:
             await self.health.stop()
         errors = await self.supervisor.stop_all(reason, grace_seconds)
+        if self.alerts is not None:
+            await self.alerts.close_notifier()
         if self.backups is not None:  # before the store closes: a backup audits into it
             await self.backups.stop()
         if self._background:

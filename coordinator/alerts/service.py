@@ -141,8 +141,12 @@ class AlertService:
                 await self._task
         if self._audits:
             await asyncio.wait(set(self._audits), timeout=2.0)
+
+    async def close_notifier(self, flush_seconds: float = 0.5) -> None:
+        """Send what is queued if the webhook answers within `flush_seconds`, then stop: at
+        shutdown, after the bots are stopped, so a dead webhook never holds them up."""
         if self.notifier is not None:
-            await self.notifier.close()
+            await self.notifier.close(flush_seconds)
 
     # -- reading ----------------------------------------------------------------------------------
 

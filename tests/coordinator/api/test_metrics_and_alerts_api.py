@@ -215,3 +215,47 @@ async def test_a_drill_that_fails_orders_fires_the_alert_notifies_and_resolves(
         lambda: any("resolved" in str(m).lower() for m in received),
         what="the webhook sink to hear it resolved",
     )
+
+
+async def test_a_hanging_webhook_holds_up_neither_the_kill_switch_nor_the_shutdown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hung = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        hung.set()
+        await asyncio.sleep(3600)
+        return web.Response(text="never")
+
+    app = web.Application()
+    app.router.add_post("/hook", hang)
+    sink = web.AppRunner(app, shutdown_timeout=0.1)  # its handler never ends by itself
+    await sink.setup()
+    await web.TCPSite(sink, "127.0.0.1", 0).start()
+    monkeypatch.setenv(WEBHOOK_ENV, f"http://127.0.0.1:{sink.addresses[0][1]}/hook")
+
+    def no_grouping(documents: dict[str, Any]) -> None:
+        fast_alerts(documents)
+        documents["alerts.json"]["notifications"]["webhook"]["timeout_seconds"] = 30
+
+    config = await asyncio.to_thread(
+        lambda: load_config(write_fast_config(tmp_path / "config", no_grouping))
+    )
+    (tmp_path / "data").mkdir()
+    coordinator = await Coordinator.open(config, tmp_path / "data")
+    token = ControlToken("t" * 32, "env")
+    try:
+        async with TestClient(TestServer(make_app(coordinator, token))) as c:
+            first = await c.post("/kill-switch", json={"action": "activate", "reason": "drill"})
+            assert first.status == 200
+            await asyncio.wait_for(hung.wait(), timeout=10)  # the alert is stuck in delivery
+
+            runner = coordinator.supervisor.runner("ndax")
+            again = await c.post("/kill-switch", json={"action": "activate", "reason": "again"})
+            assert again.status == 200
+            assert (await again.json())["already_active"] is True
+            assert runner.state.value == "stopped"
+    finally:
+        # A hang guard, not a speed assertion: shutdown must end, whatever the webhook does.
+        await asyncio.wait_for(coordinator.close(grace_seconds=0.5), timeout=15)
+        await sink.cleanup()
