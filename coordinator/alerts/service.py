@@ -82,7 +82,12 @@ class AlertService:
             if transition.to is AlertState.RESOLVED:
                 level = logging.INFO
             log.log(
-                level, "alert %s %s: %s", alert["name"], transition.to.value, alert["summary"]
+                level,
+                "alert %s %s: %s",
+                alert["name"],
+                transition.to.value,
+                alert["summary"],
+                extra={k: v for k, v in alert["labels"].items() if k in ("bot", "exchange")},
             )
             if self.metrics is not None:
                 self.metrics.alert_transitions.labels(
