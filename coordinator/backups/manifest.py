@@ -28,12 +28,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from coordinator.config import CONFIG_FILES
+from coordinator.config import ALERTS_FILE, CONFIG_FILES
 
 FORMAT: Final = 1
 MANIFEST_NAME: Final = "manifest.json"
 CONFIG_PREFIX: Final = "config/"
 DATABASE_MEMBER: Final = "database/coordinator.db"
+# Config files a backup taken by an earlier version does not hold: such an archive is still
+# whole, and a restore keeps the current file (or the shipped default) for them.
+ADDED_LATER: Final = frozenset({ALERTS_FILE})
 ALLOWED_MEMBERS: Final = frozenset({*(CONFIG_PREFIX + f for f in CONFIG_FILES), DATABASE_MEMBER})
 TRIGGERS: Final = frozenset({"schedule", "cli", "api"})
 
@@ -168,7 +171,9 @@ def _check_paths(manifest: Manifest) -> None:
         raise ArchiveError(f"{MANIFEST_NAME} lists files a backup never holds: {unknown}")
     if len(set(paths)) != len(paths):
         raise ArchiveError(f"{MANIFEST_NAME} lists a file twice")
-    missing = [f for f in CONFIG_FILES if CONFIG_PREFIX + f not in paths]
+    missing = [
+        f for f in CONFIG_FILES if CONFIG_PREFIX + f not in paths and f not in ADDED_LATER
+    ]
     if missing:
         raise ArchiveError(f"{MANIFEST_NAME} lacks config files: {', '.join(missing)}")
     if (manifest.database is None) != (DATABASE_MEMBER not in paths):

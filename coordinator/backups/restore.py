@@ -68,8 +68,8 @@ from coordinator.backups.layout import (
     remove_tree,
     write_file,
 )
-from coordinator.backups.manifest import Manifest
-from coordinator.config import CONFIG_FILES, ConfigError, load_config
+from coordinator.backups.manifest import ADDED_LATER, Manifest
+from coordinator.config import CONFIG_FILES, ConfigError, embedded_config_dir, load_config
 from coordinator.safety.kill_switch import STATE_KEY, KillSwitchState
 from coordinator.store.journal import iso
 from coordinator.store.migrations import LATEST_VERSION
@@ -174,6 +174,7 @@ def check_archive(archive: Path) -> Manifest:
     `ArchiveError`, `RestoreRefused` or `ScratchWriteError`."""
     contents = read_archive(archive)
     with scratch_dir() as scratch:
+        _complete_config(contents, None)
         _load_archived_config(archive, contents, scratch)
     return contents.manifest
 
@@ -194,6 +195,7 @@ def prepare_restore(
         remove_tree(database_to)  # a stale copy from a restore that died: never a live file
     contents = read_archive(archive, database_to=None if config_only else database_to)
     try:
+        _complete_config(contents, config_dir)
         _load_archived_config(archive, contents, scratch)
         assert contents.sha256 is not None  # a complete read
         plan = RestorePlan(
@@ -216,6 +218,16 @@ def prepare_restore(
             contents.database.unlink(missing_ok=True)
         raise
     return plan
+
+
+def _complete_config(contents: ArchiveContents, config_dir: Path | None) -> None:
+    """An archive from before a config file existed (`ADDED_LATER`) restores the others and
+    keeps that one as it is in `config_dir` (the shipped default where there is none)."""
+    for file in ADDED_LATER - contents.config.keys():
+        current = _read_or_none(config_dir / file) if config_dir is not None else None
+        contents.config[file] = (
+            current if current is not None else (embedded_config_dir() / file).read_bytes()
+        )
 
 
 def _load_archived_config(archive: Path, contents: ArchiveContents, scratch: Path) -> None:

@@ -219,3 +219,27 @@ def test_nothing_to_restore_when_the_config_matches(
     assert main(["restore", "--latest", "--config-only", *dirs]) == 0
     assert "nothing to restore" in capsys.readouterr().err
     assert not list(backup_dir.glob("pre-restore-*"))
+
+
+def test_an_archive_from_before_alerts_json_restores_and_keeps_the_current_alerts_json(
+    tmp_path: Path,
+    config_dir: Path,
+    backup_dir: Path,
+    dirs: list[str],
+    good_limits: bytes,
+) -> None:
+    [archive] = archives(backup_dir)
+    contents = members(archive)
+    del contents["config/alerts.json"]  # as a backup taken by the version before alerts.json
+    manifest = json.loads(contents["manifest.json"])
+    manifest["files"] = [f for f in manifest["files"] if f["path"] != "config/alerts.json"]
+    manifest["config_versions"].pop("alerts.json", None)
+    contents["manifest.json"] = json.dumps(manifest).encode()
+    older = rebuild(archive, backup_dir / "config-20261101-000000.tar.gz", contents)
+    alerts_before = (config_dir / "alerts.json").read_bytes()
+
+    assert main(["restore", str(older), "--config-only", *dirs]) == 0
+
+    assert (config_dir / "bot-limits.json").read_bytes() == good_limits
+    assert (config_dir / "alerts.json").read_bytes() == alerts_before
+    load_config(config_dir)
