@@ -18,8 +18,22 @@ class Side(enum.StrEnum):
 
 
 class OrderType(enum.StrEnum):
+    """Market and limit orders are the ones this coordinator places (`PLACEABLE`). The trigger
+    types are what a venue may also hold on a bot's market, placed by a person: they are read
+    (with their trigger price) for the reconciliation report, never placed or touched."""
+
     MARKET = "market"
     LIMIT = "limit"
+    STOP_LOSS = "stop-loss"  # a market order once the trigger price trades
+    STOP_LOSS_LIMIT = "stop-loss-limit"  # a limit order at `price` once the trigger trades
+    TAKE_PROFIT = "take-profit"
+    TAKE_PROFIT_LIMIT = "take-profit-limit"
+    TRAILING_STOP = "trailing-stop"
+    TRAILING_STOP_LIMIT = "trailing-stop-limit"
+    OTHER = "other"  # a type this code has no name for: the snapshot's `venue_type` says it
+
+
+PLACEABLE = frozenset({OrderType.MARKET, OrderType.LIMIT})
 
 
 class ExchangeOrderStatus(enum.StrEnum):
@@ -56,6 +70,8 @@ class OrderIntent:
     def __post_init__(self) -> None:
         if self.amount <= 0:
             raise ValueError(f"order amount must be positive, got {self.amount}")
+        if self.type not in PLACEABLE:
+            raise ValueError(f"this coordinator places market and limit orders, not {self.type}")
         if self.type is OrderType.LIMIT and (self.price is None or self.price <= 0):
             raise ValueError("a limit order needs a positive price")
 
@@ -106,6 +122,8 @@ class OrderSnapshot:
     filled: Decimal
     trades: tuple[Trade, ...] = field(default_factory=tuple)
     reason: str = ""  # why it was rejected or cancelled, when the exchange says
+    trigger_price: Decimal | None = None  # a trigger order's (stop-loss, take-profit) trigger
+    venue_type: str = ""  # the type in the venue's own words ("trailing-stop", "StopLimit")
 
     @property
     def remaining(self) -> Decimal:

@@ -48,10 +48,27 @@ LEVEL1 = {
 }
 
 
+SERVER_ERROR = {"result": False, "errormsg": "Server Error", "errorcode": 102, "detail": None}
+NOT_FOUND = {"result": False, "errormsg": "Resource Not Found", "errorcode": 104, "detail": None}
+
+
 class FakeNdax:
+    """ndax's order endpoints over one order book. `server_error_after_placing` makes the next
+    SendOrder place the order and still answer errorcode 102 (the venue failed after the
+    order existed). A cancel of an order that is not working is refused as ndax refuses it."""
+
     def __init__(self) -> None:
         self.orders: dict[int, dict[str, Any]] = {}
         self.trades: dict[int, list[dict[str, Any]]] = {}
+        self.sent: list[int] = []  # client order ids, one per SendOrder
+        self.cancel_requests: list[int] = []  # order ids, one per CancelOrder
+        self.server_error_after_placing = 0
+        self.fill_before_cancel: set[int] = set()  # these fill just before their cancel arrives
+
+    def hand_place(self, order: dict[str, Any]) -> int:
+        """An order a person placed on the account (no client order id of ours)."""
+        self.orders[int(order["OrderId"])] = order
+        return int(order["OrderId"])
 
     @staticmethod
     def query(url: Any) -> dict[str, str]:
@@ -59,6 +76,7 @@ class FakeNdax:
 
     def send_order(self, url: Any, **kwargs: Any) -> CallbackResult:
         body = json.loads(kwargs["data"])
+        self.sent.append(body["ClientOrderId"])
         order_id = 7000 + len(self.orders) + 1
         self.orders[order_id] = ndax_order(
             order_id,
@@ -69,18 +87,40 @@ class FakeNdax:
             client_order_id=body["ClientOrderId"],
         )
         self.trades[order_id] = []
+        if self.server_error_after_placing:
+            self.server_error_after_placing -= 1
+            return CallbackResult(payload=SERVER_ERROR)
         return CallbackResult(payload={"status": "Accepted", "errormsg": "", "OrderId": order_id})
 
     def order_status(self, url: Any, **kwargs: Any) -> CallbackResult:
-        return CallbackResult(payload=self.orders[int(self.query(url)["OrderId"])])
+        order = self.orders.get(int(self.query(url)["OrderId"]))
+        return CallbackResult(payload=order if order is not None else NOT_FOUND)
+
+    def open_orders(self, url: Any, **kwargs: Any) -> CallbackResult:
+        return CallbackResult(payload=[self.orders[i] for i in self.resting()])
+
+    def orders_history(self, url: Any, **kwargs: Any) -> CallbackResult:
+        wanted = self.query(url).get("ClientOrderId")
+        return CallbackResult(
+            payload=[o for o in self.orders.values() if str(o["ClientOrderId"]) == wanted]
+        )
 
     def trades_history(self, url: Any, **kwargs: Any) -> CallbackResult:
-        return CallbackResult(payload=self.trades.get(int(self.query(url)["OrderId"]), []))
+        wanted = self.query(url).get("OrderId")
+        if wanted is None:  # the account's trades (reconciliation), oldest first
+            every = [t for trades in self.trades.values() for t in trades]
+            return CallbackResult(payload=sorted(every, key=lambda t: t["TradeTimeMS"]))
+        return CallbackResult(payload=self.trades.get(int(wanted), []))
 
     def cancel_order(self, url: Any, **kwargs: Any) -> CallbackResult:
-        order = self.orders[int(json.loads(kwargs["data"])["OrderId"])]
-        if order["OrderState"] == "Working":
-            order["OrderState"] = "Canceled"
+        order_id = int(json.loads(kwargs["data"])["OrderId"])
+        self.cancel_requests.append(order_id)
+        if order_id in self.fill_before_cancel:
+            self.fill(order_id)
+        order = self.orders.get(order_id)
+        if order is None or order["OrderState"] != "Working":
+            return CallbackResult(payload=NOT_FOUND)  # filled, cancelled or unknown: refused
+        order.update(OrderState="Canceled", Quantity=0)  # ndax shows nothing left to fill
         return CallbackResult(payload={"result": True, "errormsg": None, "errorcode": 0})
 
     def fill(self, order_id: int) -> None:
@@ -116,6 +156,7 @@ def fake() -> Iterator[FakeNdax]:
         mock_ndax_markets(m)
         mock_ndax_account(m)
         m.get(re.compile(re.escape(NDAX) + r"GetLevel1\?.*"), payload=LEVEL1, repeat=True)
+        m.get(NDAX + "Ping", payload={"msg": "PONG"}, repeat=True)
         m.get(
             re.compile(re.escape(NDAX) + r"GetAccountPositions\?.*"),
             payload=[ndax_position(1, "BTC", 0.05, 0), ndax_position(3, "CAD", 10000, 0)],
@@ -131,6 +172,16 @@ def fake() -> Iterator[FakeNdax]:
         m.get(
             re.compile(re.escape(NDAX) + r"GetTradesHistory\?.*"),
             callback=ndax.trades_history,
+            repeat=True,
+        )
+        m.get(
+            re.compile(re.escape(NDAX) + r"GetOpenOrders\?.*"),
+            callback=ndax.open_orders,
+            repeat=True,
+        )
+        m.get(
+            re.compile(re.escape(NDAX) + r"GetOrdersHistory\?.*"),
+            callback=ndax.orders_history,
             repeat=True,
         )
         yield ndax

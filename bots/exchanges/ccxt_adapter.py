@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import decimal
 import logging
+import re
 import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -75,6 +76,14 @@ _KRAKEN_TRADE_BATCH = 19
 # Kraken's TradesHistory answers 50 trades a page; reconciliation reads at most this many pages.
 _KRAKEN_TRADES_PAGE = 50
 _MAX_TRADE_PAGES = 20
+# A venue's own "internal error" answers (ccxt calls them plain ExchangeErrors).
+_INTERNAL_ERRORS = {
+    "ndax": (
+        re.compile(r'"errorcode"\s*:\s*102\b'),
+        re.compile(r'"errormsg"\s*:\s*"server error"'),
+    ),
+    "kraken": (re.compile(r"egeneral:internal error"),),
+}
 # Credential failures ccxt 4.5.90 raises as a plain ExchangeError: kraken's wrong secret, and
 # AlphaPoint's (ndax's) errorcode 20.
 _AUTH_FAILURES = {
@@ -278,17 +287,34 @@ class CcxtExchange:
         return await self._cancel(client_order_id, exchange_order_id, symbol)
 
     async def fetch_open_orders(self, symbol: str) -> list[OrderSnapshot]:
-        """Every open order on `symbol`; one that is not ours has client_order_id 0."""
+        """Every open order on `symbol`; one that is not ours has client_order_id 0.
+
+        Ours are read strictly (one that cannot be trusted fails the read). A foreign order,
+        placed by a person, may be of any type (a trailing stop, a take-profit): it is read as
+        far as it can be, with its real type and trigger price, and never its trades; one that
+        cannot be read at all is left out with a warning, so it never blinds the bot to its own
+        orders."""
         params = {"trades": True} if self.venue == "kraken" else {}
         raws = await self._call(self.client.fetch_open_orders, symbol, params=params)
         snapshots = []
         for raw in raws:
-            client_order_id = self._client_id_of(raw) or 0
+            client_order_id = self._owner_of(raw)
+            if not client_order_id:
+                foreign = self._foreign(raw, symbol)
+                if foreign is not None:
+                    snapshots.append(foreign)
+                continue
             snapshot = await self._complete(raw, client_order_id, symbol)
-            if client_order_id:
-                self._remember(client_order_id, snapshot.exchange_order_id)
+            self._remember(client_order_id, snapshot.exchange_order_id)
             snapshots.append(snapshot)
         return snapshots
+
+    def _foreign(self, raw: object, symbol: str) -> OrderSnapshot | None:
+        try:
+            return parse.parse_order(raw, venue=self.venue, client_order_id=0, symbol=symbol)
+        except TransientExchangeError as exc:
+            log.warning("%s: an order not placed here cannot be read, left out: %s", self.name, exc)
+            return None
 
     async def fetch_balance(self) -> dict[str, Balance]:
         return parse.parse_balances(await self._call(self.client.fetch_balance), self.venue)
@@ -353,8 +379,9 @@ class CcxtExchange:
         return raws
 
     async def cancel_all(self, symbol: str) -> list[OrderSnapshot]:
-        """Cancel every open order on `symbol` (ours or not), one by one; returns their final
-        snapshots, or raises the first failure after trying them all.
+        """Cancel every open order of ours on `symbol`, one by one (an order someone else
+        placed is left alone); returns their final snapshots, or raises the first failure
+        after trying them all.
 
         Not ccxt's cancel_all_orders: kraken's CancelAll ignores the symbol, and ccxt 4.5.90
         sends ndax's instrument filter misspelled ("IntrumentId"), so both would cancel the
@@ -362,6 +389,8 @@ class CcxtExchange:
         done: list[OrderSnapshot] = []
         failures: list[ExchangeError] = []
         for order in await self.fetch_open_orders(symbol):
+            if not order.client_order_id:
+                continue  # not ours: a person placed it, and a person decides about it
             try:
                 done.append(
                     await self._cancel(order.client_order_id, order.exchange_order_id, symbol)
@@ -408,6 +437,12 @@ class CcxtExchange:
             marker in text for marker in _AUTH_FAILURES.get(self.venue, ())
         ):
             return OperatorActionRequired(str(error))
+        if type(error) is ExchangeError and any(
+            marker.search(text) for marker in _INTERNAL_ERRORS.get(self.venue, ())
+        ):
+            # The venue failed inside: whatever was asked may or may not have happened (an
+            # order may exist). Transient: the gateway looks it up and never resends blindly.
+            return TransientExchangeError(f"{error} (the venue's internal error: outcome unknown)")
         return error
 
     async def _market(self, symbol: str) -> Mapping[str, Any]:
@@ -489,12 +524,22 @@ class CcxtExchange:
                 f"{self.venue} does not find order {exchange_order_id} (client order id "
                 f"{client_order_id}) that it reported before: {exc}"
             ) from exc
-        return await self._complete(raw, client_order_id, symbol)
+        return await self._complete(raw, client_order_id, symbol, asked_for=exchange_order_id)
 
-    async def _complete(self, raw: Any, client_order_id: int, symbol: str) -> OrderSnapshot:
+    async def _complete(
+        self, raw: Any, client_order_id: int, symbol: str, asked_for: str | None = None
+    ) -> OrderSnapshot:
+        """The order with its trades. `asked_for`: the venue id that was asked about; an answer
+        about another order is refused, so the journal never stores the wrong id."""
         snapshot = parse.parse_order(
             raw, venue=self.venue, client_order_id=client_order_id, symbol=symbol
         )
+        if asked_for is not None and snapshot.exchange_order_id != asked_for:
+            raise parse.malformed(
+                self.venue,
+                "order",
+                f"asked for order {asked_for}, the answer is order {snapshot.exchange_order_id}",
+            )
         trades: tuple[Trade, ...] = ()
         if snapshot.filled > 0:
             trades = await self._order_trades(raw, snapshot.exchange_order_id, symbol)
@@ -580,6 +625,18 @@ class CcxtExchange:
         if not isinstance(raw, Mapping):
             return None
         return parse.decode_client_order_id(self.venue, raw.get("clientOrderId"))
+
+    def _owner_of(self, raw: object) -> int:
+        """Our client order id of a listed order: its own, or the one whose venue id we know
+        (0: not ours)."""
+        client_order_id = self._client_id_of(raw)
+        if client_order_id:
+            return client_order_id
+        venue_id = raw.get("id") if isinstance(raw, Mapping) else None
+        for ours, known in self._exchange_ids.items():
+            if venue_id is not None and known == str(venue_id):
+                return ours
+        return 0
 
     def remember(self, client_order_id: int, exchange_order_id: str) -> None:
         """The venue's id of one of our orders, known from the journal: later lookups of this

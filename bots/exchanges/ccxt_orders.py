@@ -23,6 +23,7 @@ from typing import Any
 from bots.errors import ExchangeError, OrderRejected, TransientExchangeError
 from bots.ids import MAX_CLIENT_ORDER_ID
 from bots.models import (
+    PLACEABLE,
     AccountTrade,
     Balance,
     ExchangeOrderStatus,
@@ -49,6 +50,31 @@ TERMINAL = frozenset(
 _BALANCE_META = frozenset({"info", "timestamp", "datetime", "free", "used", "total", "debt"})
 _REASON_KEYS = ("reason", "RejectReason", "CancelReason")
 _KRAKEN_ID = re.compile(r"x([0-9a-f]{16})")
+T = OrderType
+# Each venue's own name of an order type (kraken: descr.ordertype; ndax: OrderType), to ours.
+_VENUE_TYPES: dict[str, dict[str, OrderType]] = {
+    "kraken": {
+        "market": T.MARKET,
+        "limit": T.LIMIT,
+        "stop-loss": T.STOP_LOSS,
+        "stop-loss-limit": T.STOP_LOSS_LIMIT,
+        "take-profit": T.TAKE_PROFIT,
+        "take-profit-limit": T.TAKE_PROFIT_LIMIT,
+        "trailing-stop": T.TRAILING_STOP,
+        "trailing-stop-limit": T.TRAILING_STOP_LIMIT,
+    },
+    "ndax": {
+        "Market": T.MARKET,
+        "Limit": T.LIMIT,
+        "StopMarket": T.STOP_LOSS,
+        "StopLimit": T.STOP_LOSS_LIMIT,
+        "TrailingStopMarket": T.TRAILING_STOP,
+        "TrailingStopLimit": T.TRAILING_STOP_LIMIT,
+    },
+}
+_LIMIT_PRICED = frozenset(
+    {T.LIMIT, T.STOP_LOSS_LIMIT, T.TAKE_PROFIT_LIMIT, T.TRAILING_STOP_LIMIT}
+)
 _DECIMAL_ID = re.compile(r"[0-9]{1,19}")
 
 
@@ -176,8 +202,45 @@ def order_id(raw: object, venue: str) -> str:
     return str(value)
 
 
+def order_type(raw: Mapping[str, Any], venue: str) -> tuple[OrderType, str]:
+    """(our type, the venue's own name for it). The venue's field first: ccxt folds kraken's
+    take-profit into "market" and stop-loss-limit into "limit", losing the trigger."""
+    info = _submapping(raw, "info")
+    named = _submapping(info, "descr").get("ordertype") if venue == "kraken" else None
+    if venue == "ndax":
+        named = info.get("OrderType")
+    if isinstance(named, str) and named:
+        return _VENUE_TYPES[venue].get(named, T.OTHER), named
+    ccxt_type = str(raw.get("type"))
+    if ccxt_type in ("market", "limit"):
+        limit = ccxt_type == "limit"
+        if raw.get("takeProfitPrice") is not None:
+            return (T.TAKE_PROFIT_LIMIT if limit else T.TAKE_PROFIT), ccxt_type
+        if raw.get("stopLossPrice") is not None or raw.get("triggerPrice") is not None:
+            return (T.STOP_LOSS_LIMIT if limit else T.STOP_LOSS), ccxt_type
+        return OrderType(ccxt_type), ccxt_type
+    try:
+        return OrderType(ccxt_type), ccxt_type
+    except ValueError:
+        return T.OTHER, ccxt_type
+
+
+def trigger_price(raw: Mapping[str, Any], venue: str) -> Decimal | None:
+    """A trigger order's trigger price (None for a trailing offset such as kraken's "+5%")."""
+    for key in ("triggerPrice", "stopLossPrice", "takeProfitPrice", "stopPrice"):
+        try:
+            value = _decimal(raw.get(key))
+        except ValueError:
+            continue  # a trailing offset, not a price
+        if value is not None and value > 0:
+            return value
+    return None
+
+
 def parse_order(raw: object, *, venue: str, client_order_id: int, symbol: str) -> OrderSnapshot:
-    """The order as a snapshot without trades (`with_trades` adds them)."""
+    """The order as a snapshot without trades (`with_trades` adds them). One of ours
+    (`client_order_id` given) must be a market or limit order; a foreign one (0) may be of
+    any type, with its trigger price."""
     order = _mapping(raw, venue, "order")
     exchange_order_id = order_id(order, venue)
     status = _STATUSES.get(str(order.get("status")))
@@ -185,18 +248,23 @@ def parse_order(raw: object, *, venue: str, client_order_id: int, symbol: str) -
         raise malformed(venue, "order", f"unknown status {order.get('status')!r}")
     if order.get("symbol") not in (None, symbol):
         raise malformed(venue, "order", f"symbol {order.get('symbol')!r}, expected {symbol}")
+    kind, venue_type = order_type(order, venue)
     try:
-        side, kind = Side(str(order.get("side"))), OrderType(str(order.get("type")))
+        side = Side(str(order.get("side")))
     except ValueError:
+        raise malformed(venue, "order", f"side {order.get('side')!r}") from None
+    if client_order_id and kind not in PLACEABLE:
         raise malformed(
-            venue, "order", f"side {order.get('side')!r} / type {order.get('type')!r}"
-        ) from None
+            venue, "order", f"order {exchange_order_id} of ours is a {venue_type!r} order"
+        )
     amount = _required(order, "amount", venue, "order")
     filled = _required(order, "filled", venue, "order")
     if amount <= 0 or not Decimal(0) <= filled <= amount:
         raise malformed(venue, "order", f"amount {amount}, filled {filled}")
-    price = _field(order, "price", venue, "order") if kind is OrderType.LIMIT else None
-    if kind is OrderType.LIMIT and (price is None or price <= 0):
+    price = _field(order, "price", venue, "order") if kind in _LIMIT_PRICED else None
+    if price is not None and price <= 0:
+        price = None
+    if kind is OrderType.LIMIT and price is None:
         raise malformed(venue, "order", f"limit order without a price: {order.get('price')!r}")
     theirs = decode_client_order_id(venue, order.get("clientOrderId"))
     if client_order_id and theirs is not None and theirs != client_order_id:
@@ -216,6 +284,8 @@ def parse_order(raw: object, *, venue: str, client_order_id: int, symbol: str) -
         status=status,
         filled=filled,
         reason=_reason(order.get("info")),
+        trigger_price=trigger_price(order, venue) if kind not in PLACEABLE else None,
+        venue_type=venue_type,
     )
 
 

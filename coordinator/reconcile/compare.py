@@ -16,6 +16,7 @@ from decimal import Decimal
 from bots.journal import JournalOrder, OrderStatus
 from bots.ledger import apply_changes, balance_changes
 from bots.models import (
+    PLACEABLE,
     AccountTrade,
     Balance,
     ExchangeOrderStatus,
@@ -402,6 +403,12 @@ def _show_order(order: JournalOrder) -> str:
 
 def _show_snapshot(snap: OrderSnapshot) -> str:
     price = f" @ {snap.price}" if snap.price is not None else ""
+    if snap.type not in PLACEABLE:  # a trigger order someone placed: say what it is
+        trigger = f", trigger {snap.trigger_price}" if snap.trigger_price is not None else ""
+        kind = f" {snap.type.value}" + (
+            f" ({snap.venue_type})" if snap.venue_type and snap.venue_type != snap.type else ""
+        )
+        price = f"{kind}{price}{trigger}"
     return f"{snap.status.value}: {snap.side.value} {snap.amount}{price}, filled {snap.filled}"
 
 
