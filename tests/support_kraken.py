@@ -26,6 +26,7 @@ from tests.bots.exchanges.ccxt_fixtures import (
     kraken_add_order,
     kraken_balance,
     kraken_client,
+    kraken_error,
     kraken_ok,
     kraken_order,
     kraken_trade,
@@ -82,6 +83,7 @@ class FakeKraken:
         # The account (served with serving(account=True)): funds deposited, before any trade.
         self.funds: dict[str, Decimal] = dict(OPENING_FUNDS)
         self.positions: list[dict[str, Any]] = []  # OpenPositions (consolidated by market)
+        self.fill_before_cancel: set[str] = set()  # these fill just before their cancel arrives
 
     @staticmethod
     def form(kwargs: Mapping[str, Any]) -> dict[str, str]:
@@ -135,9 +137,15 @@ class FakeKraken:
         }
 
     def cancel_order(self, url: Any, **kwargs: Any) -> CallbackResult:
-        order = self.orders[self.form(kwargs)["txid"]]
-        if order["status"] == "open":
-            order["status"] = "canceled"
+        """As kraken: an order that is not open (filled, cancelled) or not known is refused
+        with EOrder:Unknown order. One in `fill_before_cancel` fills just before."""
+        txid = self.form(kwargs)["txid"]
+        if txid in self.fill_before_cancel and self.orders[txid]["status"] == "open":
+            self.fill(txid)
+        order = self.orders.get(txid)
+        if order is None or order["status"] != "open":
+            return CallbackResult(payload=kraken_error("EOrder:Unknown order"))
+        order["status"] = "canceled"
         return CallbackResult(payload=kraken_ok({"count": 1}))
 
     def fill(self, txid: str, price: str | None = None, amount: str | None = None) -> None:
@@ -183,6 +191,22 @@ class FakeKraken:
             {"type": side, "ordertype": "limit", "volume": volume, "price": price, "cl_ord_id": ""}
         )
         self.orders[txid]["cl_ord_id"] = None
+        return txid
+
+    def place_trigger_by_hand(
+        self, ordertype: str, side: str, volume: str, price: str, price2: str = "0"
+    ) -> str:
+        """A trigger order someone placed on kraken's website: `ordertype` is kraken's
+        (trailing-stop, take-profit, stop-loss-limit, ...); `price` the trigger (or a trailing
+        offset such as "+5.0000%"), `price2` a -limit order's limit price. Its txid."""
+        txid = self.place_by_hand(side, volume, "1")
+        spoken = ordertype.replace("-", " ")
+        self.orders[txid]["descr"].update(
+            ordertype=ordertype,
+            price=price,
+            price2=price2,
+            order=f"{side} {volume} XBTAUD @ {spoken} {price}",
+        )
         return txid
 
     def deposit(self, asset: str, amount: str) -> None:
