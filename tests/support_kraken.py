@@ -159,17 +159,30 @@ class FakeKraken:
         assert 0 < traded <= left, f"order {txid} has {left} left to fill, not {traded}"
         trade_id = f"T{len(self.trades) + 1:05d}-FAKE"
         trade = kraken_trade(
-            txid, order["vol"] if traded == volume else f"{traded:.8f}", price, "0.24"
+            txid,
+            order["vol"] if traded == volume else f"{traded:.8f}",
+            price,
+            "0.24",
+            trade_id=40_000_000 + len(self.trades) + 1,
+            maker=order["descr"]["ordertype"] == "limit",
         )
         trade["type"] = order["descr"]["type"]
         trade["ordertype"] = order["descr"]["ordertype"]
         self.trades[trade_id] = trade
         executed = volume - left + traded
-        order.update(
+        trades = [*order.get("trades", []), trade_id]
+        cost = sum(Decimal(self.trades[t]["cost"]) for t in trades)
+        fee = sum(Decimal(self.trades[t]["fee"]) for t in trades)
+        order.update(  # as kraken: cost, fee and average price move with every trade
             status="closed" if executed == volume else "open",
             vol_exec=order["vol"] if executed == volume else f"{executed:.8f}",
-            trades=[*order.get("trades", []), trade_id],
+            trades=trades,
+            cost=f"{cost:.5f}",
+            fee=f"{fee:.5f}",
+            price=f"{cost / executed:.1f}",
         )
+        if executed == volume:
+            order["closetm"] = trade["time"]
 
     def resting(self) -> list[str]:
         return [t for t, o in self.orders.items() if o["status"] == "open"]
@@ -182,6 +195,8 @@ class FakeKraken:
         self.fill(txid, price, amount)
         trade_id = list(self.trades)[-1]
         self.trades[trade_id]["time"] = round(time.time(), 4)
+        if "closetm" in self.orders[txid]:
+            self.orders[txid]["closetm"] = self.trades[trade_id]["time"]
         return trade_id
 
     def place_by_hand(self, side: str, volume: str, price: str) -> str:

@@ -137,9 +137,16 @@ def kraken_add_order(txid: str, descr: str = "buy 0.01000000 XBTAUD @ market") -
 
 
 def kraken_trade(
-    order_txid: str, vol: str, price: str, fee: str, time: float = OPENTM + 1
+    order_txid: str,
+    vol: str,
+    price: str,
+    fee: str,
+    time: float = OPENTM + 1,
+    trade_id: int = 40_000_001,
+    maker: bool = False,
 ) -> dict[str, Any]:
-    """One trade as QueryTrades returns it (keyed by its trade id)."""
+    """One trade as QueryTrades and TradesHistory return it (keyed by its txid), with kraken's
+    numeric `trade_id`, `maker` and margin fields."""
     cost = str(round(float(vol) * float(price), 5))
     return {
         "ordertxid": order_txid,
@@ -153,7 +160,10 @@ def kraken_trade(
         "fee": fee,
         "vol": vol,
         "margin": "0.00000",
+        "leverage": "0",
         "misc": "",
+        "trade_id": trade_id,
+        "maker": maker,
     }
 
 
