@@ -2,7 +2,9 @@
 an in-memory order book), served together with kraken's public market data, and the config edit
 and client factory that make the shipped kraken bot a live one on it.
 
-ccxt's real kraken code runs against these endpoints; only the HTTP layer is fake.
+ccxt's real kraken code runs against these endpoints; only the HTTP layer is fake. Its payloads
+come from the recorded-shape samples in `tests/fixtures/venues/kraken/` (through the builders of
+`tests/bots/exchanges/ccxt_fixtures.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tests.bots.exchanges.ccxt_fixtures import (
     KRAKEN_CREDENTIALS,
     KRAKEN_PRIVATE,
     KRAKEN_PUBLIC,
+    KRAKEN_TRIGGER_TYPES,
     kraken_add_order,
     kraken_balance,
     kraken_client,
@@ -91,9 +94,12 @@ class FakeKraken:
         text = data.decode() if isinstance(data, bytes) else str(data)
         return {k: v[0] for k, v in parse_qs(text).items()}
 
+    def _next_txid(self) -> str:
+        return f"O{len(self.orders) + 1:05d}-FAKE-KRAKEN"
+
     def place(self, form: Mapping[str, str]) -> str:
         """Put the order an AddOrder form describes in the book; its txid."""
-        txid = f"O{len(self.orders) + 1:05d}-FAKE-KRAKEN"
+        txid = self._next_txid()
         order = kraken_order(
             side=form["type"],
             ordertype=form["ordertype"],
@@ -111,11 +117,17 @@ class FakeKraken:
         return CallbackResult(payload=kraken_add_order(self.place(self.form(kwargs))))
 
     def query_orders(self, url: Any, **kwargs: Any) -> CallbackResult:
+        """As kraken: a txid it does not know makes the whole query fail (EOrder:Invalid order)."""
         txids = self.form(kwargs)["txid"].split(",")
+        if any(t not in self.orders for t in txids):
+            return CallbackResult(payload=kraken_error("EOrder:Invalid order"))
         return CallbackResult(payload=kraken_ok({t: self.orders[t] for t in txids}))
 
     def query_trades(self, url: Any, **kwargs: Any) -> CallbackResult:
+        """As kraken: a trade id it does not know is refused (EGeneral:Invalid arguments)."""
         ids = self.form(kwargs)["txid"].split(",")
+        if any(i not in self.trades for i in ids):
+            return CallbackResult(payload=kraken_error("EGeneral:Invalid arguments"))
         return CallbackResult(payload=kraken_ok({i: self.trades[i] for i in ids}))
 
     def open_orders(self, url: Any, **kwargs: Any) -> CallbackResult:
@@ -214,14 +226,12 @@ class FakeKraken:
         """A trigger order someone placed on kraken's website: `ordertype` is kraken's
         (trailing-stop, take-profit, stop-loss-limit, ...); `price` the trigger (or a trailing
         offset such as "+5.0000%"), `price2` a -limit order's limit price. Its txid."""
-        txid = self.place_by_hand(side, volume, "1")
-        spoken = ordertype.replace("-", " ")
-        self.orders[txid]["descr"].update(
-            ordertype=ordertype,
-            price=price,
-            price2=price2,
-            order=f"{side} {volume} XBTAUD @ {spoken} {price}",
+        assert ordertype in KRAKEN_TRIGGER_TYPES, f"no recorded sample of a {ordertype} order"
+        txid = self._next_txid()
+        self.orders[txid] = kraken_order(
+            side=side, ordertype=ordertype, vol=volume, price=price, price2=price2, status="open"
         )
+        self.orders[txid]["cl_ord_id"] = None  # placed by hand: none of ours
         return txid
 
     def deposit(self, asset: str, amount: str) -> None:

@@ -23,7 +23,8 @@ from tests.bots.exchanges.ccxt_fixtures import KRAKEN_CREDENTIALS, ndax_order
 from tests.support_config import eventually, write_fast_config
 from tests.support_kraken import FakeKraken, live_kraken, serving
 from tests.support_kraken import make_client as kraken_make_client
-from tests.test_live_mode_ndax import ENV, FakeNdax, fake, live_ndax_grid, make_client
+from tests.support_ndax import ENV, FakeNdax, live_ndax_grid, make_client
+from tests.test_live_mode_ndax import fake
 
 __all__ = ["fake"]  # the fixture, used by name
 

@@ -1,5 +1,7 @@
 """Mock payloads for the ccxt adapter tests, in the JSON shapes ccxt 4.5.90's kraken and ndax
 parsers read (see ccxt/async_support/kraken.py and ndax.py), and the clients that talk to them.
+Each builder starts from the venue's recorded-shape sample in `tests/fixtures/venues/` and
+overrides only the fields it takes.
 
 Credentials are fake but well formed (kraken's secret is valid base64). Clients run with the rate
 limiter off and `timeout_on_exit = 0`; each test builds its own and closes it.
@@ -18,6 +20,8 @@ import ccxt.async_support as ccxt_async
 from aioresponses import aioresponses
 from yarl import URL
 
+from tests.fixtures import venues
+
 # ----- kraken -----------------------------------------------------------------------------
 
 KRAKEN_PUBLIC = "https://api.kraken.com/0/public/"
@@ -28,35 +32,9 @@ KRAKEN_CREDENTIALS = {
 }
 OPENTM = 1767225600.25  # 2026-01-01T00:00:00.25Z
 
-KRAKEN_ASSETS = {
-    "error": [],
-    "result": {
-        "XXBT": {"aclass": "currency", "altname": "XBT", "decimals": 10, "display_decimals": 5},
-        "ZAUD": {"aclass": "currency", "altname": "AUD", "decimals": 4, "display_decimals": 2},
-    },
-}
-KRAKEN_PAIRS = {
-    "error": [],
-    "result": {
-        "XBTAUD": {
-            "altname": "XBTAUD",
-            "wsname": "XBT/AUD",
-            "aclass_base": "currency",
-            "base": "XXBT",
-            "aclass_quote": "currency",
-            "quote": "ZAUD",
-            "pair_decimals": 1,
-            "cost_decimals": 5,
-            "lot_decimals": 8,
-            "ordermin": "0.00005",
-            "costmin": "0.5",
-            "tick_size": "0.1",
-            "status": "online",
-            "fees": [[0, 0.4]],
-            "fees_maker": [[0, 0.25]],
-        }
-    },
-}
+KRAKEN_ASSETS = venues.load("kraken", "assets")
+KRAKEN_PAIRS = venues.load("kraken", "asset_pairs")  # XBTAUD (the bots' market) and XBTUSD
+KRAKEN_TRIGGER_TYPES = tuple(venues.kinds("kraken", "order_trigger"))
 
 
 def kraken_client(**config: Any) -> Any:
@@ -93,38 +71,31 @@ def kraken_order(
     client_order_id: int | None = None,
     trades: list[str] | None = None,
     reason: str | None = None,
+    price2: str = "0",
 ) -> dict[str, Any]:
-    """One order as QueryOrders, OpenOrders and ClosedOrders return it."""
-    shown = price if ordertype == "limit" else "0"
-    at = f"limit {price}" if ordertype == "limit" else "market"
-    order: dict[str, Any] = {
-        "refid": None,
-        "userref": None,
-        "status": status,
-        "reason": reason,
-        "opentm": OPENTM,
-        "starttm": 0,
-        "expiretm": 0,
-        "descr": {
-            "pair": "XBTAUD",
-            "type": side,
-            "ordertype": ordertype,
-            "price": shown,
-            "price2": "0",
-            "leverage": "none",
-            "order": f"{side} {vol} XBTAUD @ {at}",
-            "close": "",
-        },
-        "vol": vol,
-        "vol_exec": vol_exec,
-        "cost": "0.00000",
-        "fee": "0.00000",
-        "price": "0.00000",
-        "stopprice": "0.00000",
-        "limitprice": "0.00000",
-        "misc": "",
-        "oflags": "fciq",
-    }
+    """One order as QueryOrders, OpenOrders and ClosedOrders return it, from the recorded
+    sample of its type: `ordertype` "limit", "market" or a trigger type (`KRAKEN_TRIGGER_TYPES`:
+    stop-loss, take-profit, trailing-stop and their -limit forms), whose `price` is the trigger
+    price (a trailing stop's offset, such as "+5.0000%") and `price2` a -limit form's limit."""
+    trigger = ordertype in KRAKEN_TRIGGER_TYPES
+    if trigger:
+        order: dict[str, Any] = venues.sample("kraken", "order_trigger", ordertype)
+        spoken = ordertype.removesuffix("-limit").replace("-", " ")
+        at = f"{spoken} {price}" + (f" -> limit {price2}" if ordertype.endswith("-limit") else "")
+        shown, shown2 = price, price2
+    else:
+        order = venues.load("kraken", "order_open_limit")
+        shown = price if ordertype == "limit" else "0"
+        at = f"limit {price}" if ordertype == "limit" else "market"
+        shown2 = "0"
+    order["descr"].update(
+        type=side,
+        ordertype=ordertype,
+        price=shown,
+        price2=shown2,
+        order=f"{side} {vol} {order['descr']['pair']} @ {at}",
+    )
+    order.update(status=status, reason=reason, vol=vol, vol_exec=vol_exec)
     if client_order_id is not None:
         order["cl_ord_id"] = kraken_cl_ord_id(client_order_id)
     if trades is not None:
@@ -147,24 +118,18 @@ def kraken_trade(
 ) -> dict[str, Any]:
     """One trade as QueryTrades and TradesHistory return it (keyed by its txid), with kraken's
     numeric `trade_id`, `maker` and margin fields."""
-    cost = str(round(float(vol) * float(price), 5))
-    return {
-        "ordertxid": order_txid,
-        "postxid": "TKH2SE-M7IF5-CFI7LT",
-        "pair": "XBTAUD",
-        "time": time,
-        "type": "buy",
-        "ordertype": "market",
-        "price": price,
-        "cost": cost,
-        "fee": fee,
-        "vol": vol,
-        "margin": "0.00000",
-        "leverage": "0",
-        "misc": "",
-        "trade_id": trade_id,
-        "maker": maker,
-    }
+    trade: dict[str, Any] = venues.load("kraken", "trade")
+    trade.update(
+        ordertxid=order_txid,
+        time=time,
+        price=price,
+        cost=str(round(float(vol) * float(price), 5)),
+        fee=fee,
+        vol=vol,
+        trade_id=trade_id,
+        maker=maker,
+    )
+    return trade
 
 
 def kraken_balance(**assets: tuple[str, str]) -> dict[str, Any]:
@@ -182,54 +147,8 @@ NDAX_CREDENTIALS = {
     "login": "bot-operator@example.test",
     "password": "ndax-test-password-not-real",
 }
-NDAX_PRODUCTS = [
-    {
-        "OMSId": 1,
-        "ProductId": 1,
-        "Product": "BTC",
-        "ProductFullName": "Bitcoin",
-        "ProductType": "CryptoCurrency",
-        "DecimalPlaces": 8,
-        "TickSize": 0.00000001,
-        "DepositEnabled": True,
-        "WithdrawEnabled": True,
-        "NoFees": False,
-        "IsDisabled": False,
-        "MarginEnabled": False,
-    },
-    {
-        "OMSId": 1,
-        "ProductId": 3,
-        "Product": "CAD",
-        "ProductFullName": "Canadian Dollar",
-        "ProductType": "NationalCurrency",
-        "DecimalPlaces": 2,
-        "TickSize": 0.01,
-        "DepositEnabled": True,
-        "WithdrawEnabled": True,
-        "NoFees": False,
-        "IsDisabled": False,
-        "MarginEnabled": False,
-    },
-]
-NDAX_INSTRUMENTS = [
-    {
-        "OMSId": 1,
-        "InstrumentId": 1,
-        "Symbol": "BTCCAD",
-        "Product1": 1,
-        "Product1Symbol": "BTC",
-        "Product2": 3,
-        "Product2Symbol": "CAD",
-        "InstrumentType": "Standard",
-        "SessionStatus": "Running",
-        "IsDisable": False,
-        "QuantityIncrement": 0.00000001,
-        "PriceIncrement": 0.01,
-        "MinimumQuantity": 0.0001,
-        "MinimumPrice": 0.01,
-    }
-]
+NDAX_PRODUCTS = venues.load("ndax", "products")
+NDAX_INSTRUMENTS = venues.load("ndax", "instruments")
 
 
 def ndax_client(**config: Any) -> Any:
@@ -276,47 +195,32 @@ def ndax_order(
     client_order_id: int = 0,
     reject_reason: str = "",
     cancel_reason: str = "",
+    stop_price: float = 0,
 ) -> dict[str, Any]:
-    """One order as GetOrderStatus, GetOpenOrders and GetOrdersHistory return it."""
-    return {
-        "Side": side,
-        "OrderId": order_id,
-        "Price": price if order_type == "Limit" else 0,
-        "Quantity": round(quantity - executed, 8),
-        "DisplayQuantity": round(quantity - executed, 8),
-        "Instrument": 1,
-        "Account": NDAX_ACCOUNT,
-        "AccountName": "bot-operator@example.test",
-        "OrderType": order_type,
-        "ClientOrderId": client_order_id,
-        "OrderState": state,
-        "ReceiveTime": 1767225600250,
-        "ReceiveTimeTicks": 639029592002500000,
-        "LastUpdatedTime": 1767225601250,
-        "LastUpdatedTimeTicks": 639029592012500000,
-        "OrigQuantity": quantity,
-        "QuantityExecuted": executed,
-        "GrossValueExecuted": round(executed * price, 8),
-        "ExecutableValue": 0,
-        "AvgPrice": price if executed else 0,
-        "CounterPartyId": 0,
-        "ChangeReason": "NewInputAccepted",
-        "OrigOrderId": order_id,
-        "OrigClOrdId": client_order_id,
-        "EnteredBy": 4242,
-        "UserName": "bot-operator@example.test",
-        "IsQuote": False,
-        "RejectReason": reject_reason,
-        "IsLockedIn": False,
-        "CancelReason": cancel_reason,
-        "OrderFlag": "AddedToBook",
-        "UseMargin": False,
-        "StopPrice": 0,
-        "PegPriceType": "Unknown",
-        "IpAddress": None,
-        "ClientOrderIdUuid": None,
-        "OMSId": 1,
-    }
+    """One order as GetOrderStatus, GetOpenOrders and GetOrdersHistory return it (`price` shown
+    for a Limit order only; a stop order's `stop_price` is its StopPrice)."""
+    order: dict[str, Any] = venues.load("ndax", "order")
+    left = round(quantity - executed, 8)
+    order.update(
+        Side=side,
+        OrderId=order_id,
+        Price=price if order_type == "Limit" else 0,
+        Quantity=left,
+        DisplayQuantity=left,
+        OrderType=order_type,
+        ClientOrderId=client_order_id,
+        OrderState=state,
+        OrigQuantity=quantity,
+        QuantityExecuted=executed,
+        GrossValueExecuted=round(executed * price, 8),
+        AvgPrice=price if executed else 0,
+        OrigOrderId=order_id,
+        OrigClOrdId=client_order_id,
+        RejectReason=reject_reason,
+        CancelReason=cancel_reason,
+        StopPrice=stop_price,
+    )
+    return order
 
 
 def ndax_trade(
@@ -332,46 +236,27 @@ def ndax_trade(
     time_ms: int = 1767225601250,
 ) -> dict[str, Any]:
     """One trade as GetTradesHistory returns it."""
-    return {
-        "OMSId": 1,
-        "ExecutionId": trade_id + 1000,
-        "TradeId": trade_id,
-        "OrderId": order_id,
-        "AccountId": NDAX_ACCOUNT,
-        "SubAccountId": 0,
-        "ClientOrderId": client_order_id,
-        "InstrumentId": 1,
-        "Side": side,
-        "OrderType": "Market",
-        "Quantity": quantity,
-        "RemainingQuantity": 0,
-        "Price": price,
-        "Value": round(quantity * price, 8),
-        "CounterParty": "7",
-        "OrderTradeRevision": 1,
-        "Direction": "NoChange",
-        "IsBlockTrade": False,
-        "Fee": fee,
-        "FeeProductId": fee_product_id,
-        "OrderOriginator": 4242,
-        "TradeTimeMS": time_ms,
-        "MakerTaker": "Taker",
-        "AdapterTradeId": 0,
-        "IsQuote": False,
-    }
+    trade: dict[str, Any] = venues.load("ndax", "trade")
+    trade.update(
+        ExecutionId=trade_id + 1000,
+        TradeId=trade_id,
+        OrderId=order_id,
+        ClientOrderId=client_order_id,
+        Side=side,
+        Quantity=quantity,
+        Price=price,
+        Value=round(quantity * price, 8),
+        Fee=fee,
+        FeeProductId=fee_product_id,
+        TradeTimeMS=time_ms,
+    )
+    return trade
 
 
 def ndax_position(product_id: int, symbol: str, amount: float, hold: float) -> dict[str, Any]:
-    return {
-        "OMSId": 1,
-        "AccountId": NDAX_ACCOUNT,
-        "ProductSymbol": symbol,
-        "ProductId": product_id,
-        "Amount": amount,
-        "Hold": hold,
-        "PendingDeposits": 0,
-        "PendingWithdraws": 0,
-    }
+    position: dict[str, Any] = venues.load("ndax", "position")
+    position.update(ProductSymbol=symbol, ProductId=product_id, Amount=amount, Hold=hold)
+    return position
 
 
 # ----- requests ---------------------------------------------------------------------------
