@@ -6,6 +6,9 @@ every mutating request needs `Authorization: Bearer <token>`.
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from aiohttp import web
 
 from coordinator.api.auth import ControlToken
@@ -94,14 +97,22 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     return await handler(request)
 
 
+def fast_json(document: Any, status: int = 200) -> web.Response:
+    """JSON with orjson: /status at 100 bots is ~76 KB, which the standard library takes ~1 ms
+    to encode and orjson ~0.1 ms (docs/benchmarks.md). Anything orjson has no encoding for
+    (a Decimal, a Path) is written as its str(), as `json.dumps(default=str)` would."""
+    body = orjson.dumps(document, default=str, option=orjson.OPT_NON_STR_KEYS)
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
 async def get_status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[COORDINATOR].status())
+    return fast_json(request.app[COORDINATOR].status())
 
 
 async def get_health(request: web.Request) -> web.Response:
     """200 healthy or degraded, 503 unhealthy: `curl -f` fails exactly when a person must act."""
     report = await request.app[HEALTH].report()
-    return web.json_response(report, status=503 if report["status"] == UNHEALTHY else 200)
+    return fast_json(report, status=503 if report["status"] == UNHEALTHY else 200)
 
 
 async def get_alerts(request: web.Request) -> web.Response:
@@ -109,7 +120,7 @@ async def get_alerts(request: web.Request) -> web.Response:
     alerts = request.app[COORDINATOR].alerts
     if alerts is None:
         raise NotFound("alerting is not running in this coordinator")
-    return web.json_response(alerts.listing())
+    return fast_json(alerts.listing())
 
 
 async def get_metrics(request: web.Request) -> web.Response:
