@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from bots.book import BotBook
 from bots.errors import (
@@ -446,6 +446,11 @@ class OrderGateway:
         return SubmitResult("unresolved", order.client_order_id, "unknown", str(error))
 
     async def _finish_unsent(self, order: JournalOrder, status: OrderStatus, reason: str) -> None:
+        await self._unsplittable(self._finish_unsent_now(order, status, reason))
+
+    async def _finish_unsent_now(
+        self, order: JournalOrder, status: OrderStatus, reason: str
+    ) -> None:
         async with self._apply_lock:
             current = self.book.live_orders.get(order.client_order_id)
             if current is None:
@@ -588,9 +593,39 @@ class OrderGateway:
                 log.error(
                     "%s: could not cancel order %d: %s", self.identity.bot, client_order_id, exc
                 )
+            except Exception as exc:  # the journal: one order's failure must not stop the rest
+                errors.append(f"order {client_order_id}: {type(exc).__name__}: {exc}")
+                log.error(
+                    "%s: cancelling order %d failed: %r",
+                    self.identity.bot,
+                    client_order_id,
+                    exc,
+                    exc_info=exc,
+                )
         return errors
 
     # -- applying what the exchange says ---------------------------------------------------------
+
+    async def _unsplittable(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run a journal write and the book change that follows it as one step a cancelled
+        caller cannot split. A queued write commits whether or not its caller still waits (the
+        kill switch cancels a tick mid-write); if the book did not follow, the bot would hold
+        an order the journal has finished, and its next cancel would fail against the journal.
+        """
+        task = asyncio.ensure_future(step)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._log_orphaned_failure)
+            raise
+
+    def _log_orphaned_failure(self, task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "%s: a journal update whose caller was cancelled failed: %r",
+                self.identity.bot,
+                task.exception(),
+            )
 
     async def _apply(
         self,
@@ -598,6 +633,17 @@ class OrderGateway:
         snapshot: OrderSnapshot,
         detail: str,
         row_reason: str | None = None,
+    ) -> None:
+        await self._unsplittable(
+            self._apply_now(client_order_id, snapshot, detail, row_reason)
+        )
+
+    async def _apply_now(
+        self,
+        client_order_id: int,
+        snapshot: OrderSnapshot,
+        detail: str,
+        row_reason: str | None,
     ) -> None:
         async with self._apply_lock:
             order = self.book.live_orders.get(client_order_id)

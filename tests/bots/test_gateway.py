@@ -150,6 +150,7 @@ class InstrumentedJournal(SqliteJournal):
         self.fail_intents = False
         self.fail_updates = False
         self.while_intent_in_flight: Callable[[], None] | None = None
+        self.while_update_in_flight: Callable[[], None] | None = None
 
     async def record_intent(self, order: JournalOrder) -> None:
         if self.fail_intents:
@@ -164,7 +165,12 @@ class InstrumentedJournal(SqliteJournal):
     async def record_update(self, update: Any) -> None:
         if self.fail_updates:
             raise StoreError("write rolled back: disk I/O error (test)")
-        await super().record_update(update)
+        write = asyncio.ensure_future(super().record_update(update))
+        if self.while_update_in_flight is not None:
+            await asyncio.sleep(0)  # the job is queued; its commit has not happened yet
+            assert not write.done()
+            self.while_update_in_flight()
+        await write
 
 
 class Switch:
@@ -733,6 +739,45 @@ async def test_an_intent_committed_after_its_caller_was_cancelled_enters_the_boo
     assert await rig.gateway.cancel_all("stop") == []
     assert (await rig.row(cid))["status"] == "failed"
     assert rig.book.live_orders == {}
+
+
+async def test_an_update_committed_after_its_caller_was_cancelled_still_moves_the_book(
+    make_rig: MakeRig,
+) -> None:
+    """The kill switch cancels a tick while the journal write that finishes an order is queued:
+    the write commits anyway, and the book must follow it, or the halt's cancel of that order
+    fails against the journal and leaves the bot stopping."""
+    gate = Switch()
+    rig = await make_rig(gates=[gate])
+    rig.journal.while_intent_in_flight = lambda: setattr(
+        gate, "refusal", Refusal("kill_switch", "closed while the intent was being written")
+    )
+    submit = asyncio.create_task(rig.gateway.submit(limit(Side.BUY, "1", "90")))
+    rig.journal.while_update_in_flight = submit.cancel
+    with pytest.raises(asyncio.CancelledError):
+        await submit
+    await rig.journal.audit(actor="test", action="flush", result="ok", at=datetime.now(UTC))
+
+    (cid,) = (await rig.rows()).keys()
+    assert (await rig.row(cid))["status"] == "failed"  # the refusal's update committed
+    assert rig.book.live_orders == {}  # and the book followed it
+    assert rig.exchange.count("create_order") == 0
+    assert await rig.gateway.cancel_all("kill switch") == []
+
+
+async def test_cancel_all_goes_on_past_an_order_the_journal_cannot_update(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig()
+    for price in ("90", "91"):
+        assert (await rig.gateway.submit(limit(Side.BUY, "1", price))).outcome == "sent"
+    rig.journal.fail_updates = True
+
+    errors = await rig.gateway.cancel_all("kill switch")
+
+    assert len(errors) == 2
+    assert all("StoreError" in error for error in errors)
+    assert rig.exchange.count("cancel_order") == 2  # both were asked, not just the first
 
 
 # ----- partial fills ---------------------------------------------------------------------------
