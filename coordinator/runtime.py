@@ -84,6 +84,7 @@ class Coordinator:
         # Cancellations a kill switch started and did not finish before answering.
         self._background: set[asyncio.Task[Any]] = set()
         self.kill_switch.halt = self.halt_all
+        self.kill_switch.halt_progress = self._halt_progress
 
     @classmethod
     async def open(
@@ -251,14 +252,20 @@ class Coordinator:
         return result
 
     async def activate_kill_switch(
-        self, reason: str, actor: str, trigger: Trigger = Trigger.MANUAL
+        self,
+        reason: str,
+        actor: str,
+        trigger: Trigger = Trigger.MANUAL,
+        wait_for_halt: bool = True,
     ) -> dict[str, Any]:
-        """Stop everything. Accepted even while shutting down: stopping is always allowed."""
+        """Stop everything. Accepted even while shutting down: stopping is always allowed.
+        `wait_for_halt` False (the control plane): answer once the gate is closed and durable;
+        the halt goes on, and `GET /kill-switch` says when it completed."""
         result: dict[str, Any] = await self._audited(
             actor,
             "kill_switch.activate",
             None,
-            lambda: self.kill_switch.activate(reason, actor, trigger),
+            lambda: self.kill_switch.activate(reason, actor, trigger, wait_for_halt),
             {"reason": reason, "trigger": trigger.value},
             always=True,
         )
@@ -450,7 +457,10 @@ class Coordinator:
             for runner in self.supervisor.runners.values()
         ]
         if not halts:
+            self.kill_switch.note_halt_completed()
             return
+        everything = asyncio.gather(*halts, return_exceptions=True)
+        everything.add_done_callback(lambda _: self.kill_switch.note_halt_completed())
         _, pending = await asyncio.wait(halts, timeout=HALT_WAIT_SECONDS)
         for task in halts:
             task.add_done_callback(_log_halt_failure)
@@ -460,6 +470,13 @@ class Coordinator:
             log.warning(
                 "%s still running after %.0fs; it goes on", task.get_name(), HALT_WAIT_SECONDS
             )
+
+    def _halt_progress(self) -> dict[str, int]:
+        runners = self.supervisor.runners.values()
+        return {
+            "bots_not_stopped": sum(r.state is not BotState.STOPPED for r in runners),
+            "orders_open": sum(len(r.parts.book.live_orders) for r in runners),
+        }
 
     async def _audited(
         self,

@@ -197,7 +197,10 @@ async def post_kill_switch(request: web.Request) -> web.Response:
     if body.action == "activate":
         if who is None and not _from_loopback(request):
             raise Unauthorized("activating from another machine needs a token")
-        result = await coordinator.activate_kill_switch(body.reason, who or LOOPBACK)
+        # The answer comes once the gate is closed and durable; the halt goes on after it.
+        result = await coordinator.activate_kill_switch(
+            body.reason, who or LOOPBACK, wait_for_halt=False
+        )
         return web.json_response(result)
     if body.action == "override":
         if who is None:

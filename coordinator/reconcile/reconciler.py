@@ -38,6 +38,17 @@ MAX_FAILED_LOOKUPS = 20
 _ACTIVE = frozenset({BotState.STARTING, BotState.RUNNING})
 
 
+async def _next_tick(runner: BotRunner) -> None:
+    """Wait for the bot's next completed tick (its sync journals what the venue shows), at most
+    two tick intervals and a half second."""
+    ticks = runner.stats.ticks
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 2 * runner.parts.config.tick_interval_seconds + 0.5
+    # A short, bounded wait on a counter the bot owns; no event to wait on.
+    while runner.stats.ticks == ticks and runner.state in _ACTIVE and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+
+
 def account_of(bot: BotConfig) -> str:
     if trades_on_exchange(bot):
         return f"{bot.exchange} key ${bot.credentials.api_key_env}"
@@ -99,6 +110,8 @@ class Reconciler:
         )
         since = self._clock() - timedelta(hours=self.settings.trade_lookback_hours)
         found = await self._compare(runner, ctx, since, result.errors)
+        if found is not None and found[0] and runner.state in _ACTIVE:
+            found = await self._confirmed(runner, ctx, since, result.errors, found)
         if found is None:
             return result
         result.differences, exchange = found
@@ -117,6 +130,25 @@ class Reconciler:
         else:
             result.remaining = list(result.differences)
         return result
+
+    async def _confirmed(
+        self,
+        runner: BotRunner,
+        ctx: BotContext,
+        since: datetime,
+        errors: list[str],
+        first: tuple[list[Difference], ExchangeView],
+    ) -> tuple[list[Difference], ExchangeView] | None:
+        """A running bot's differences, confirmed by a second look after its next tick: a fill
+        the venue shows and the bot's own sync has not journaled yet is the bot's race, not a
+        difference (on a loaded machine that window is wider). Only what both looks find is
+        reported, with the second look's exchange view."""
+        await _next_tick(runner)
+        again = await self._compare(runner, ctx, since, errors)
+        if again is None:
+            return None
+        seen = {(d.kind, d.subject) for d in first[0]}
+        return [d for d in again[0] if (d.kind, d.subject) in seen], again[1]
 
     async def _compare(
         self, runner: BotRunner, ctx: BotContext, since: datetime, errors: list[str]

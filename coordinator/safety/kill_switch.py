@@ -11,6 +11,7 @@ and clears the activation-count trip). Activations are counted: more than
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable
@@ -109,6 +110,11 @@ class KillSwitch:
         self.trip_global_breaker: TripGlobalBreaker | None = None
         self.global_breaker_open: GlobalBreakerOpen | None = None
         self.clear_global_breaker: Callable[[str, str], None] | None = None  # (by, reason)
+        # Wired by the coordinator: how far the halt has got (bots not stopped, orders open).
+        self.halt_progress: Callable[[], dict[str, int]] | None = None
+        self.halt_started_at: datetime | None = None
+        self.halt_completed_at: datetime | None = None
+        self._halting: asyncio.Future[Any] | None = None
         self._activations_in_window = 0
 
     @property
@@ -141,7 +147,12 @@ class KillSwitch:
 
     # -- activate ------------------------------------------------------------------------------
 
-    async def activate(self, reason: str, actor: str, trigger: Trigger) -> dict[str, Any]:
+    async def activate(
+        self, reason: str, actor: str, trigger: Trigger, wait_for_halt: bool = True
+    ) -> dict[str, Any]:
+        """Close the gate, make it durable, halt every bot. With `wait_for_halt` False the
+        answer comes once the gate is closed and durable, with the halt under way (`status()`'s
+        `halt` says when it completed)."""
         now = self.clock()
         already = self.state.active
         try:
@@ -169,8 +180,17 @@ class KillSwitch:
             # Whatever the store did, the bots are halted: the switch wins even a failed write
             # (which then propagates, so the caller hears that the state may not survive).
             if self.halt is not None:
-                await self.halt(f"kill switch: {reason}")
+                self.halt_started_at, self.halt_completed_at = self.clock(), None
+                halting = asyncio.ensure_future(self.halt(f"kill switch: {reason}"))
+                halting.add_done_callback(_log_halt_failure)
+                self._halting = halting
+                if wait_for_halt:
+                    await asyncio.shield(halting)
         return {"already_active": already, **self.status()}
+
+    def note_halt_completed(self) -> None:
+        """Every bot's halt has ended (its tick stopped, its orders cancelled or failed)."""
+        self.halt_completed_at = self.clock()
 
     async def _record_activation(
         self, reason: str, actor: str, trigger: Trigger, now: datetime
@@ -265,8 +285,17 @@ class KillSwitch:
         until = self.state.cooldown_until
         left = max(0.0, (until - now).total_seconds()) if until and self.state.active else 0.0
         limit = self.config.activation_limit
+        halt: dict[str, Any] = {
+            "started_at": iso(self.halt_started_at) if self.halt_started_at else None,
+            "completed_at": iso(self.halt_completed_at) if self.halt_completed_at else None,
+            "in_progress": self.halt_started_at is not None and self.halt_completed_at is None,
+        }
+        if self.halt_progress is not None:
+            halt.update(self.halt_progress())
         return {
             **self.state.to_json(),
+            "halt": halt,
+            "halt_completed_at": halt["completed_at"],
             "cooldown_seconds_left": round(left, 1),
             "activations_in_window": self._activations_in_window,
             "activation_limit": {
@@ -274,6 +303,11 @@ class KillSwitch:
                 "window_minutes": limit.window_minutes,
             },
         }
+
+
+def _log_halt_failure(halting: asyncio.Future[Any]) -> None:
+    if not halting.cancelled() and halting.exception() is not None:
+        log.error("the kill switch's halt failed: %r", halting.exception())
 
 
 def _duration(delta: timedelta) -> str:

@@ -248,3 +248,51 @@ async def test_the_switch_is_still_active_after_the_process_dies_and_restarts(
             assert start.status == 409
     finally:
         await second.close(grace_seconds=0.5)
+
+
+async def test_the_answer_comes_once_the_gate_is_closed_and_the_halt_is_reported_when_done(
+    client: TestClient,
+    coordinator: Coordinator,
+    auth: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reply does not wait for the halt: with the venue slow to cancel, the switch is
+    active and durable when the answer comes, and GET /kill-switch shows the halt under way,
+    then when it completed."""
+    runner = coordinator.supervisor.runner("kraken")
+    assert (await client.post("/start", json={"bot": "kraken"}, headers=auth)).status == 200
+    await eventually(lambda: len(runner.parts.book.live_orders) >= 2, what="the grid resting")
+    adapter = runner.parts.adapter
+    release = asyncio.Event()
+    real_cancel = adapter.cancel_order
+
+    async def slow_cancel(client_order_id: int, symbol: str) -> Any:
+        await release.wait()  # the venue takes its time
+        return await real_cancel(client_order_id, symbol)
+
+    adapter.cancel_order = slow_cancel  # type: ignore[method-assign]
+    # An answer that waited for the halt would now wait until the venue is released.
+    monkeypatch.setattr("coordinator.runtime.HALT_WAIT_SECONDS", 3600.0)
+
+    answer = await asyncio.wait_for(activate(client), timeout=30)  # a hang guard
+
+    assert answer.status == 200
+    body = await answer.json()
+    assert body["active"] is True
+    assert body["halt"]["in_progress"] is True
+    assert body["halt_completed_at"] is None
+    stored = await coordinator.journal.load_safety_state()
+    assert stored["kill_switch"]["active"] is True  # durable before the answer
+    during = await (await client.get("/kill-switch")).json()
+    assert during["halt"]["orders_open"] >= 2
+    assert during["halt"]["bots_not_stopped"] >= 1
+
+    release.set()
+    for _ in range(300):
+        after = await (await client.get("/kill-switch")).json()
+        if after["halt"]["completed_at"] is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert after["halt"]["in_progress"] is False
+    assert after["halt_completed_at"] == after["halt"]["completed_at"]
+    assert (after["halt"]["orders_open"], after["halt"]["bots_not_stopped"]) == (0, 0)
