@@ -226,6 +226,7 @@ class CcxtExchange:
         self.venue = str(getattr(client, "id", "exchange"))
         self._clock = clock or _utc_now
         self._exchange_ids: OrderedDict[int, str] = OrderedDict()
+        self._client_ids: dict[str, int] = {}  # the same, the other way: venue id -> ours
         self.history_since: datetime | None = None  # the venue keeps the account's history
         self.trades_complete = True  # the last fetch_my_trades read its whole window
         install_response_guard(client)
@@ -633,10 +634,7 @@ class CcxtExchange:
         if client_order_id:
             return client_order_id
         venue_id = raw.get("id") if isinstance(raw, Mapping) else None
-        for ours, known in self._exchange_ids.items():
-            if venue_id is not None and known == str(venue_id):
-                return ours
-        return 0
+        return self._client_ids.get(str(venue_id), 0) if venue_id is not None else 0
 
     def remember(self, client_order_id: int, exchange_order_id: str) -> None:
         """The venue's id of one of our orders, known from the journal: later lookups of this
@@ -646,5 +644,7 @@ class CcxtExchange:
     def _remember(self, client_order_id: int, exchange_order_id: str) -> None:
         self._exchange_ids[client_order_id] = exchange_order_id
         self._exchange_ids.move_to_end(client_order_id)
+        self._client_ids[exchange_order_id] = client_order_id
         while len(self._exchange_ids) > _REMEMBERED_IDS:
-            self._exchange_ids.popitem(last=False)
+            _, forgotten = self._exchange_ids.popitem(last=False)
+            self._client_ids.pop(forgotten, None)

@@ -33,7 +33,6 @@ from coordinator.runtime import Coordinator
 from coordinator.supervisor import BotRunner
 from tests.bots.exchanges.ccxt_fixtures import (
     NDAX,
-    NDAX_CREDENTIALS,
     mock_ndax_account,
     mock_ndax_markets,
     ndax_client,
@@ -42,6 +41,7 @@ from tests.bots.exchanges.ccxt_fixtures import (
     ndax_trade,
 )
 from tests.support_config import write_fast_config
+from tests.support_ndax import ENV, LEVEL1
 
 BOT = "ndax"
 SYMBOL = "BTC/CAD"
@@ -50,20 +50,6 @@ AMOUNT = Decimal("0.001")
 PRICE = Decimal("129480")  # a limit buy 0.4 % under ndax's last price: it rests
 FEE = Decimal("0.1")  # the fake's fee on every trade, in CAD
 PRODUCTS = {1: "BTC", 3: "CAD"}
-ENV = {
-    "NDAX_API_KEY": NDAX_CREDENTIALS["apiKey"],
-    "NDAX_API_SECRET": NDAX_CREDENTIALS["secret"],
-    "NDAX_UID": NDAX_CREDENTIALS["uid"],
-    "NDAX_LOGIN": NDAX_CREDENTIALS["login"],
-    "NDAX_PASSWORD": NDAX_CREDENTIALS["password"],
-}
-LEVEL1 = {
-    "BestBid": 129990.0,
-    "BestOffer": 130010.0,
-    "LastTradedPx": 130000.0,
-    "InstrumentId": 1,
-    "TimeStamp": "1767225600250",
-}
 WRITES = frozenset({"SendOrder", "CancelOrder", "CancelAllOrders", "ModifyOrder"})
 
 
