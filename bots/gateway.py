@@ -375,16 +375,14 @@ class OrderGateway:
         own = self.book.live_orders.pop(client_order_id, None)
         counted = own is not None and own.created_at in self.book.recent_orders
         if counted:
-            assert own is not None
-            self.book.recent_orders.remove(own.created_at)  # nor in the orders-per-minute count
+            self.book.uncounted_orders += 1  # nor in the orders-per-minute counts
         try:
             return self._first_refusal(intent)
         finally:
             if own is not None:
                 self.book.live_orders[client_order_id] = own
             if counted:
-                assert own is not None
-                self.book.recent_orders.append(own.created_at)
+                self.book.uncounted_orders -= 1
 
     def _refused(self, refusal: Refusal, client_order_id: int | None = None) -> SubmitResult:
         self.book.refusals[refusal.code] = self.book.refusals.get(refusal.code, 0) + 1

@@ -465,6 +465,55 @@ def test_a_flat_bot_may_not_open_a_position_when_max_concurrent_positions_are_he
     assert alpha.check(buy("1"), alpha_book) is None
 
 
+def test_the_sums_across_bots_follow_every_change_of_another_bots_position_and_price(
+    clock: FakeClock,
+) -> None:
+    context = RiskContext(global_limits(exposure="10000", positions=1), clock)
+    _, beta_book = make_gate(context, LimitSet(), make_book(base="10"), bot="beta")  # 1000 AUD
+    gate, book = make_gate(context, LimitSet())
+    assert context.total_exposure("AUD") == D(1000)
+
+    beta_book.last_price = D(500)  # 5000 AUD
+    beta_book.position = Position(D(12), D(100))  # a fill: 6000 AUD
+
+    assert context.total_exposure("AUD") == D(6000)
+    assert context.total_exposure("AUD", excluding="beta") == 0
+    assert code(gate, buy("40.0001"), book) == "max_concurrent_positions"
+    beta_book.position = Position()  # beta closes: no exposure, no position held
+    assert context.total_exposure("AUD") == 0
+    assert context.open_positions() == 0
+    assert gate.check(buy("99"), book) is None
+
+
+def test_registering_a_bot_again_replaces_its_share_of_the_sums(clock: FakeClock) -> None:
+    context = RiskContext(global_limits(), clock)
+    old_book = make_book(base="10")
+    make_gate(context, LimitSet(), old_book, bot="beta")
+    journaled(old_book, clock, 5)
+
+    new_book = make_book(base="3")
+    make_gate(context, LimitSet(), new_book, bot="beta")  # the bot's book, loaded again
+    old_book.position = Position(D(50), D(100))  # the old book no longer counts
+    old_book.recent_orders.append(clock.now)
+
+    assert context.total_exposure("AUD") == D(300)
+    assert context.open_positions() == 1
+    assert context.orders_last_minute() == 0
+
+
+def test_orders_journaled_out_of_time_order_age_out_by_their_own_time(clock: FakeClock) -> None:
+    context = RiskContext(global_limits(), clock)
+    _, alpha_book = make_gate(context, LimitSet())
+    _, beta_book = make_gate(context, LimitSet(), bot="beta")
+    journaled(alpha_book, clock, 10)
+    journaled(beta_book, clock, 59, 30)  # committed after alpha's, stamped before it
+
+    clock.advance(seconds=1.5)  # the 59 s one is 60.5 s old now
+    assert context.orders_last_minute() == 2
+    clock.advance(seconds=29)
+    assert context.orders_last_minute() == 1
+
+
 # -- safe mode -----------------------------------------------------------------------------------
 
 
