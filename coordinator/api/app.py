@@ -57,6 +57,7 @@ def make_app(
     if admin_token is not None:
         app[ADMIN_TOKEN] = admin_token
     app.router.add_get("/status", get_status)
+    app.router.add_get("/bots/{name}", get_bot)
     app.router.add_get("/health", get_health)
     app.router.add_get("/alerts", get_alerts)
     app.router.add_get("/metrics", get_metrics)
@@ -105,8 +106,32 @@ def fast_json(document: Any, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/json")
 
 
+_STATUS_QUERY = frozenset({"bot", "view"})
+
+
 async def get_status(request: web.Request) -> web.Response:
-    return fast_json(request.app[COORDINATOR].status())
+    """Everything (`/status`), one bot (`?bot=NAME`) or the dashboard summary
+    (`?view=summary`)."""
+    unknown = sorted(set(request.query) - _STATUS_QUERY)
+    if unknown:
+        raise BadRequest(f"{unknown[0]}: unknown query parameter (known: bot, view)")
+    coordinator = request.app[COORDINATOR]
+    view = request.query.get("view", "full")
+    bot = request.query.get("bot")
+    if view not in ("full", "summary"):
+        raise BadRequest(f"view: must be 'full' or 'summary', got {view!r}")
+    if view == "summary":
+        if bot is not None:
+            raise BadRequest("view: 'summary' covers every bot; leave out bot=")
+        return fast_json(coordinator.status_summary())
+    return fast_json(coordinator.status(bot))
+
+
+async def get_bot(request: web.Request) -> web.Response:
+    """One bot's status document, as it appears in /status."""
+    coordinator = request.app[COORDINATOR]
+    runner = coordinator.supervisor.runner(request.match_info["name"])
+    return fast_json(coordinator.bot_status(runner))
 
 
 async def get_health(request: web.Request) -> web.Response:

@@ -98,6 +98,78 @@ async def test_status_reports_every_bot_and_the_safety_state(client: TestClient)
     assert (kraken["exchange"], kraken["symbol"]) == ("kraken", "BTC/AUD")
 
 
+async def test_status_for_one_bot_holds_that_bot_only(client: TestClient) -> None:
+    everything = await (await client.get("/status")).json()
+
+    one = await client.get("/status", params={"bot": "kraken"})
+    alone = await client.get("/bots/kraken")
+
+    assert one.status == 200
+    body = await one.json()
+    assert set(body) == set(everything)
+    assert body["bots"] == [everything["bots"][1]]
+    assert alone.status == 200
+    assert await alone.json() == everything["bots"][1]
+
+
+@pytest.mark.parametrize("path", ["/status?bot=binance", "/bots/binance"])
+async def test_status_of_an_unknown_bot_is_a_404_naming_the_known_ones(
+    client: TestClient, path: str
+) -> None:
+    error = await error_of(await client.get(path), 404)
+    assert error["code"] == "unknown_bot"
+    assert "ndax, kraken" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("?bots=ndax", "bots: unknown query parameter"),
+        ("?view=compact", "view: must be 'full' or 'summary', got 'compact'"),
+        ("?view=summary&bot=ndax", "view: 'summary' covers every bot"),
+    ],
+)
+async def test_a_bad_status_query_is_a_400_naming_the_parameter(
+    client: TestClient, query: str, named: str
+) -> None:
+    error = await error_of(await client.get("/status" + query), 400)
+    assert named in error["message"]
+
+
+async def test_the_summary_counts_bots_by_state_with_a_few_figures_each(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    await start_and_wait_running(client, auth, "ndax")
+
+    body = await (await client.get("/status", params={"view": "summary"})).json()
+
+    assert body["kill_switch_active"] is False
+    assert body["circuit_breaker_tripped"] is False
+    assert body["bot_states"] == {"running": 1, "stopped": 1}
+    assert [b["name"] for b in body["bots"]] == ["ndax", "kraken"]
+    assert set(body["bots"][0]) == {
+        "name", "exchange", "symbol", "mode", "state", "safe_mode", "orders", "fills",
+        "open_orders", "last_tick", "error", "last_refusal",
+    }  # fmt: skip
+
+
+async def test_status_shows_a_change_made_in_place_after_it_was_last_read(
+    client: TestClient, coordinator: Coordinator
+) -> None:
+    before = (await (await client.get("/bots/ndax")).json())
+    book = coordinator.supervisor.runner("ndax").parts.book
+
+    book.errors["timeout"] = book.errors.get("timeout", 0) + 1  # counters change in place
+    book.refusals["max_open_orders"] = 2
+    book.balances["CAD"] += 1
+    after = await (await client.get("/bots/ndax")).json()
+
+    assert after["order_errors"] == {**before["order_errors"], "timeout": 1}
+    assert after["refusals"] == {"max_open_orders": 2}
+    assert after["balances"]["CAD"] == before["balances"]["CAD"] + 1
+    assert (await (await client.get("/bots/ndax")).json()) == after  # and nothing else moved
+
+
 async def test_health_answers_without_a_token(client: TestClient) -> None:
     response = await client.get("/health")
 
