@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
@@ -115,7 +117,13 @@ class KillSwitch:
         self.halt_started_at: datetime | None = None
         self.halt_completed_at: datetime | None = None
         self._halting: asyncio.Future[Any] | None = None
-        self._activations_in_window = 0
+        # Activations in the limit's window, oldest first: loaded at start, then kept here so
+        # an activation does not wait for a read of the store before it answers.
+        self._activation_times: deque[datetime] = deque()
+        self._window = timedelta(minutes=config.activation_limit.window_minutes)
+        # Where the latest activation's time went (time.monotonic(), comparable across
+        # processes on one machine): call, gate closed, state durable, halt completed.
+        self._timing: dict[str, float | None] = {}
 
     @property
     def active(self) -> bool:
@@ -136,7 +144,9 @@ class KillSwitch:
                     at=self.clock(),
                     trigger="unreadable_state",
                 )
-        self._activations_in_window = await self._count_recent_activations()
+        self._activation_times = deque(
+            await self.journal.kill_switch_activation_times_since(self.clock() - self._window)
+        )
         if self.state.active:
             log.warning(
                 "kill switch is ACTIVE (since %s, %s: %s): no bot may start until it is overridden",
@@ -153,10 +163,12 @@ class KillSwitch:
         """Close the gate, make it durable, halt every bot. With `wait_for_halt` False the
         answer comes once the gate is closed and durable, with the halt under way (`status()`'s
         `halt` says when it completed)."""
+        called = time.monotonic()
         now = self.clock()
         already = self.state.active
         try:
             if not already:
+                self._timing = {"called": called, "gate_closed": None, "durable": None}
                 # The gate closes here, before the first await: from now on nothing is sent.
                 self.state = KillSwitchState(
                     active=True,
@@ -167,8 +179,10 @@ class KillSwitch:
                     cooldown_until=now + self.cooldown,
                     last_lifted=self.state.last_lifted,
                 )
+                self._timing["gate_closed"] = time.monotonic()
                 log.critical("KILL SWITCH ACTIVATED by %s (%s): %s", actor, trigger.value, reason)
                 await self._record_activation(reason, actor, trigger, now)
+                self._timing["durable"] = time.monotonic()
             else:
                 log.warning(
                     "kill switch activation by %s while already active (%s): %s",
@@ -181,6 +195,7 @@ class KillSwitch:
             # (which then propagates, so the caller hears that the state may not survive).
             if self.halt is not None:
                 self.halt_started_at, self.halt_completed_at = self.clock(), None
+                self._timing["halt_completed"] = None
                 halting = asyncio.ensure_future(self.halt(f"kill switch: {reason}"))
                 halting.add_done_callback(_log_halt_failure)
                 self._halting = halting
@@ -191,6 +206,7 @@ class KillSwitch:
     def note_halt_completed(self) -> None:
         """Every bot's halt has ended (its tick stopped, its orders cancelled or failed)."""
         self.halt_completed_at = self.clock()
+        self._timing["halt_completed"] = time.monotonic()
 
     async def _record_activation(
         self, reason: str, actor: str, trigger: Trigger, now: datetime
@@ -207,20 +223,25 @@ class KillSwitch:
                 )
             ],
         )
-        self._activations_in_window = await self._count_recent_activations()
+        self._activation_times.append(now)
         self._check_activation_limit()
+
+    @property
+    def _activations_in_window(self) -> int:
+        since = self.clock() - self._window
+        times = self._activation_times
+        while times and times[0] < since:
+            times.popleft()
+        return len(times)
 
     def _check_activation_limit(self) -> None:
         limit = self.config.activation_limit
-        if self._activations_in_window > limit.max_activations and self.trip_global_breaker:
+        count = self._activations_in_window
+        if count > limit.max_activations and self.trip_global_breaker:
             self.trip_global_breaker(
-                f"kill switch activated {self._activations_in_window} times in "
+                f"kill switch activated {count} times in "
                 f"{limit.window_minutes} minutes (limit {limit.max_activations})"
             )
-
-    async def _count_recent_activations(self) -> int:
-        window = timedelta(minutes=self.config.activation_limit.window_minutes)
-        return await self.journal.kill_switch_activations_since(self.clock() - window)
 
     # -- lift ------------------------------------------------------------------------------------
 
@@ -296,12 +317,33 @@ class KillSwitch:
             **self.state.to_json(),
             "halt": halt,
             "halt_completed_at": halt["completed_at"],
+            "last_activation_timing": self._timing_status(),
             "cooldown_seconds_left": round(left, 1),
             "activations_in_window": self._activations_in_window,
             "activation_limit": {
                 "max_activations": limit.max_activations,
                 "window_minutes": limit.window_minutes,
             },
+        }
+
+
+    def _timing_status(self) -> dict[str, Any] | None:
+        """Milliseconds from the call of `activate` to each step of the latest activation
+        (None: not reached yet), and the call's time.monotonic() for a benchmark on the same
+        machine to line its own clock up with."""
+        called = self._timing.get("called")
+        if called is None:
+            return None
+
+        def after(step: str) -> float | None:
+            at = self._timing.get(step)
+            return round((at - called) * 1000, 3) if at is not None else None
+
+        return {
+            "called_monotonic": called,
+            "gate_closed_ms": after("gate_closed"),
+            "durable_ms": after("durable"),
+            "halt_completed_ms": after("halt_completed"),
         }
 
 

@@ -268,11 +268,12 @@ class SqliteJournal:
             states[row["key"]] = value
         return states
 
-    async def kill_switch_activations_since(self, since: datetime) -> int:
-        row = await self.store.fetch_one(
-            "SELECT COUNT(*) FROM kill_switch_activations WHERE at >= ?", (iso(since),)
+    async def kill_switch_activation_times_since(self, since: datetime) -> list[datetime]:
+        """When the kill switch was activated since `since`, oldest first."""
+        rows = await self.store.fetch_all(
+            "SELECT at FROM kill_switch_activations WHERE at >= ? ORDER BY at", (iso(since),)
         )
-        return int(row[0]) if row else 0
+        return [t for t in (parse_time(row[0]) for row in rows) if t is not None]
 
     # -- audit -----------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -220,3 +221,44 @@ async def test_activation_halts_every_bot_even_when_the_state_cannot_be_written(
 
     assert rig.switch.active is True  # the gate is closed all the same
     assert halted == ["kill switch: disk trouble"]
+
+
+async def test_activations_counted_before_a_restart_still_count_after_it(
+    rig: Rig, config: CoordinatorConfig
+) -> None:
+    limit = config.kill_switch.activation_limit
+    for n in range(limit.max_activations):
+        await rig.switch.activate(f"activation {n}", "test", Trigger.MANUAL)
+        await rig.switch.force_override("again", "admin-token", "risk")
+
+    restarted = KillSwitch(config.kill_switch, config.recovery, rig.journal, rig.clock)
+    await restarted.load()
+    tripped: list[str] = []
+    restarted.trip_global_breaker = tripped.append
+    await restarted.activate("one too many", "test", Trigger.MANUAL)
+
+    assert restarted.status()["activations_in_window"] == limit.max_activations + 1
+    assert len(tripped) == 1
+
+
+async def test_status_says_how_long_each_step_of_the_latest_activation_took(rig: Rig) -> None:
+    finish = asyncio.Event()
+
+    async def halt(reason: str) -> None:
+        await finish.wait()
+        rig.switch.note_halt_completed()
+
+    rig.switch.halt = halt
+    assert rig.switch.status()["last_activation_timing"] is None
+
+    await rig.switch.activate("drill", "ops", Trigger.MANUAL, wait_for_halt=False)
+    during = rig.switch.status()["last_activation_timing"]
+    finish.set()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    after = rig.switch.status()["last_activation_timing"]
+
+    assert 0 <= during["gate_closed_ms"] <= during["durable_ms"]
+    assert during["halt_completed_ms"] is None  # the answer did not wait for the halt
+    assert after["halt_completed_ms"] >= during["durable_ms"]
+    assert after["called_monotonic"] <= time.monotonic()
