@@ -7,7 +7,9 @@ transaction, so cutting entries off the end is found too.
 
 The chain is computed inside the writer's transaction (`AuditAppend` is a `TransactionStep`),
 not when the write is queued: the safety lane may commit a later audit before an earlier one, and
-the chain must follow the order of commit, which is the order of the ids.
+the chain must follow the order of commit, which is the order of the ids. `append_entry` is
+synchronous sqlite3, run in the store's writer thread; `chain_existing_entries`, a migration
+step, stays on aiosqlite like the migrations.
 
 This is tamper-evident, not tamper-proof: someone who can write the database file can also
 recompute every hash after an edit. It catches edits by hand, by a tool that does not know the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,8 +52,8 @@ class AuditAppend(TransactionStep):
     result: str
     details: str  # JSON text
 
-    async def apply(self, conn: aiosqlite.Connection) -> None:
-        await append_entry(
+    def apply(self, conn: sqlite3.Connection) -> None:
+        append_entry(
             conn,
             (
                 self.at,
@@ -64,24 +67,24 @@ class AuditAppend(TransactionStep):
         )
 
 
-async def append_entry(conn: aiosqlite.Connection, fields: Sequence[Any]) -> int:
-    """Insert `fields` (AUDIT_FIELDS without the id) as the next entry; returns its id."""
-    async with conn.execute("SELECT last_id, last_hash FROM audit_chain_head WHERE id = 1") as c:
-        head = await c.fetchone()
-    async with conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit_events") as c:
-        row = await c.fetchone()
+def append_entry(conn: sqlite3.Connection, fields: Sequence[Any]) -> int:
+    """Insert `fields` (AUDIT_FIELDS without the id) as the next entry; returns its id.
+
+    Synchronous: runs in the store's writer thread, inside the transaction that commits it."""
+    head = conn.execute("SELECT last_id, last_hash FROM audit_chain_head WHERE id = 1").fetchone()
+    row = conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit_events").fetchone()
     max_id = int(row[0]) if row else 0
     last_id, prev_hash = (int(head[0]), str(head[1])) if head else (0, GENESIS_HASH)
     # A row someone inserted past the head does not stop the audit (a kill switch activation
     # must still be recorded); the chain carries on from the head and --verify-data names it.
     entry_id = max(last_id, max_id) + 1
     digest = entry_hash(prev_hash, (entry_id, *fields))
-    await conn.execute(
+    conn.execute(
         "INSERT INTO audit_events (id, at, actor, action, subject, reason, result, details,"
         " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (entry_id, *fields, prev_hash, digest),
     )
-    await conn.execute(
+    conn.execute(
         "INSERT INTO audit_chain_head (id, last_id, last_hash) VALUES (1, ?, ?)"
         " ON CONFLICT (id) DO UPDATE SET last_id = excluded.last_id,"
         " last_hash = excluded.last_hash",

@@ -65,16 +65,18 @@ async def test_wal_and_synchronous_full_are_in_force(open_store: OpenStore) -> N
     row = await store.fetch_one("PRAGMA journal_mode")
     assert row is not None
     assert row[0] == "wal"
-    # synchronous and foreign_keys are per connection: read them on the writer itself.
-    writer = store._writer_conn
-    async with writer.execute("PRAGMA synchronous") as cursor:
-        synchronous = await cursor.fetchone()
-    async with writer.execute("PRAGMA foreign_keys") as cursor:
-        foreign_keys = await cursor.fetchone()
+    # synchronous and foreign_keys are per connection: read them on the writer itself, in its
+    # thread.
+    writer = store._writer
+    synchronous = await writer.run(lambda conn: conn.execute("PRAGMA synchronous").fetchone())
+    foreign_keys = await writer.run(lambda conn: conn.execute("PRAGMA foreign_keys").fetchone())
+    busy_timeout = await writer.run(lambda conn: conn.execute("PRAGMA busy_timeout").fetchone())
     assert synchronous is not None
     assert synchronous[0] == 2  # FULL
     assert foreign_keys is not None
     assert foreign_keys[0] == 1
+    assert busy_timeout is not None
+    assert busy_timeout[0] == 5000
 
 
 async def test_the_read_connection_cannot_write(open_store: OpenStore) -> None:
