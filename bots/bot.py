@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,19 +65,32 @@ class Bot:
         self._saved_state: dict[str, Any] | None = None
         self._on_tick = on_tick
 
+    @property
+    def phase_seconds(self) -> float:
+        """Where in its interval this bot ticks, from its name: bots started together (a
+        thousand in a third of a second) would otherwise all tick in the same burst every
+        interval, and the loop would be saturated for that burst and idle for the rest."""
+        return (zlib.crc32(self.name.encode()) % 1000) / 1000 * self.tick_interval
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick until `stop` is set. The first tick is immediate."""
+        """Tick until `stop` is set. The first tick is immediate; the second comes one interval
+        plus the bot's phase later, and the rest one interval apart."""
         loop = asyncio.get_running_loop()
         next_at = loop.time()
+        phase = self.phase_seconds
         while not stop.is_set():
             self.stats.lag_seconds = max(0.0, loop.time() - next_at)
             await self.tick()
-            next_at += self.tick_interval
+            next_at += self.tick_interval + phase
+            phase = 0.0
             now = loop.time()
             if next_at < now:  # we fell behind: skip the missed slots rather than burst
                 next_at = now
+            # asyncio.timeout, not wait_for: wait_for wraps stop.wait() in a task of its own,
+            # a task per bot per tick (docs/benchmarks.md).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_at - now))
+                async with asyncio.timeout(max(0.0, next_at - now)):
+                    await stop.wait()
 
     async def tick(self) -> None:
         try:

@@ -632,9 +632,23 @@ class OrderGateway:
         detail: str,
         row_reason: str | None = None,
     ) -> None:
+        order = self.book.live_orders.get(client_order_id)
+        if order is None or not self._moves(order, snapshot):
+            # Nothing to write: most refreshes of a resting order find it as it was, and a
+            # task and a lock per order per tick were most of a resting grid bot's tick.
+            return
         await self._unsplittable(
             self._apply_now(client_order_id, snapshot, detail, row_reason)
         )
+
+    def _moves(self, order: JournalOrder, snapshot: OrderSnapshot) -> bool:
+        """Does the exchange's view change the order: its status, its fill or a new trade?"""
+        if STATUS_FROM_EXCHANGE[snapshot.status] is not order.status:
+            return True
+        if snapshot.filled != order.filled:
+            return True
+        seen = self.book.trade_ids.get(order.client_order_id, ())
+        return any(t.trade_id not in seen for t in snapshot.trades)
 
     async def _apply_now(
         self,

@@ -7,6 +7,7 @@ reading, a system call, is taken separately off the loop (`disk_free_pct`).
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from coordinator.alerts.window import OutcomeWindow, WindowCount
 from coordinator.lifecycle import BotState
+
+CHUNK = 100  # bots whose facts are taken between two turns of the event loop
 
 if TYPE_CHECKING:
     from coordinator.runtime import Coordinator
@@ -67,8 +70,28 @@ class Facts:
     disk_free_pct: float | None = None
 
 
-def gather(coordinator: Coordinator, window: OutcomeWindow | None) -> Facts:
+async def gather_cooperatively(coordinator: Coordinator, window: OutcomeWindow | None) -> Facts:
+    """`gather`, letting the event loop run every CHUNK bots (a thousand bots' facts are
+    ~15 ms of work)."""
     now = coordinator.clock()
+    bots: list[BotFacts] = []
+    for n, runner in enumerate(list(coordinator.supervisor.runners.values()), 1):
+        bots.append(_bot(runner, now, window))
+        if n % CHUNK == 0:
+            await asyncio.sleep(0)
+    return gather(coordinator, window, now, tuple(bots))
+
+
+def gather(
+    coordinator: Coordinator,
+    window: OutcomeWindow | None,
+    now: datetime | None = None,
+    bots: tuple[BotFacts, ...] | None = None,
+) -> Facts:
+    """The facts as they stand (`now` and the bots' facts, when given, were taken earlier)."""
+    now = now if now is not None else coordinator.clock()
+    if bots is None:
+        bots = tuple(_bot(r, now, window) for r in coordinator.supervisor.runners.values())
     status = coordinator.safety.status()
     breakers = [_breaker(status["global"])] + [
         _breaker(snapshot) for snapshot in status["exchanges"].values()
@@ -78,7 +101,7 @@ def gather(coordinator: Coordinator, window: OutcomeWindow | None) -> Facts:
         now=now,
         accepting=coordinator.accepting,
         kill_switch=coordinator.kill_switch.status(),
-        bots=tuple(_bot(r, now, window) for r in coordinator.supervisor.runners.values()),
+        bots=bots,
         breakers=tuple(breakers),
         exchanges=tuple(_exchanges(coordinator)),
         reconciliation=None

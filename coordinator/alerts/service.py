@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from coordinator.alerts.engine import AlertEngine
-from coordinator.alerts.facts import Facts, disk_free_pct, gather
+from coordinator.alerts.facts import Facts, disk_free_pct, gather, gather_cooperatively
 from coordinator.alerts.model import AlertState, Transition
 from coordinator.alerts.notifier import WebhookNotifier
 from coordinator.alerts.rules import TIMING, evaluate_rules
@@ -63,8 +63,17 @@ class AlertService:
         return TIMING[name](self.config.rules)
 
     async def evaluate_once(self) -> list[Transition]:
+        """One evaluation, in pieces that let the event loop run between them."""
         self._disk = await asyncio.to_thread(disk_free_pct, self.data_dir)
-        return self.evaluate(self.facts())
+        facts = replace(
+            await gather_cooperatively(self.coordinator, self.window), disk_free_pct=self._disk
+        )
+        transitions = await self.engine.evaluate_cooperatively(
+            evaluate_rules(facts, self.config.rules)
+        )
+        for transition in transitions:
+            self._announce(transition)
+        return transitions
 
     def facts(self) -> Facts:
         return replace(gather(self.coordinator, self.window), disk_free_pct=self._disk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -40,6 +41,7 @@ class Metrics:
     def __init__(self, failures: OutcomeWindow | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.failures = failures  # the alert engine's window of order outcomes
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.orders = Counter(
             f"{PREFIX}_orders",
@@ -119,28 +121,37 @@ class Metrics:
 
     # -- OrderObserver ----------------------------------------------------------------------------
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: labels() validates and locks on every call,
+        several times per order on the order path (docs/benchmarks.md)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def send_failed(self, identity: BotIdentity, reason: str, failure: FailureClass) -> None:
-        self.failures_total.labels(identity.bot, identity.exchange, reason, failure).inc()
+        self._child(self.failures_total, identity.bot, identity.exchange, reason, failure).inc()
 
     def submit_ended(
         self, identity: BotIdentity, outcome: str, ack_seconds: float | None
     ) -> None:
-        self.submits.labels(identity.bot, identity.exchange, outcome).inc()
+        self._child(self.submits, identity.bot, identity.exchange, outcome).inc()
         if ack_seconds is not None:
-            self.ack_seconds.labels(identity.exchange).observe(ack_seconds)
+            self._child(self.ack_seconds, identity.exchange).observe(ack_seconds)
         if self.failures is not None:
             self.failures.record(identity.bot, outcome in FAILED_OUTCOMES)
 
     def order_finished(self, identity: BotIdentity, status: OrderStatus) -> None:
-        self.orders.labels(identity.bot, identity.exchange, status.value).inc()
+        self._child(self.orders, identity.bot, identity.exchange, status.value).inc()
 
     def filled(self, identity: BotIdentity, amount: Decimal, price: Decimal) -> None:
-        self.fills.labels(identity.bot, identity.exchange).inc()
-        self.filled_notional.labels(identity.bot, identity.exchange, identity.quote_asset).inc(
-            float(amount * price)
-        )
+        self._child(self.fills, identity.bot, identity.exchange).inc()
+        self._child(
+            self.filled_notional, identity.bot, identity.exchange, identity.quote_asset
+        ).inc(float(amount * price))
 
     # -- the store --------------------------------------------------------------------------------
 
     def committed(self, seconds: float, safety: bool) -> None:
-        self.commit_seconds.labels("safety" if safety else "normal").observe(seconds)
+        self._child(self.commit_seconds, "safety" if safety else "normal").observe(seconds)

@@ -95,7 +95,8 @@ class CircuitBreaker:
 
     @property
     def state(self) -> BreakerState:
-        self._refresh()
+        if self._state is not B.CLOSED:  # only time moves an open breaker to half-open
+            self._refresh()
         return self._state
 
     @property
@@ -109,7 +110,12 @@ class CircuitBreaker:
         return self._open_since
 
     def would_allow(self) -> bool:
+        if self._state is B.CLOSED:
+            return True  # nothing moves a closed breaker but a send's outcome: no clock needed
         self._refresh()
+        return self._allows_now()
+
+    def _allows_now(self) -> bool:
         if self._state is B.HALF_OPEN:
             return self._probes < self.settings.half_open_max_calls
         return self._state is B.CLOSED

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 BREAKER_PREFIX = "breaker:"
 BASELINES_KEY = "risk_baselines"
 WATCH_INTERVAL_SECONDS = 1.0
+WATCH_CHUNK = 100  # bots looked at between two turns of the event loop
 
 Activate = Callable[[str, Trigger], Awaitable[Any]]
 
@@ -210,13 +211,16 @@ class SafetyLayer:
             await asyncio.sleep(WATCH_INTERVAL_SECONDS)
 
     async def check_once(self, runners: list[BotRunner], activate: Activate) -> None:
-        for runner in runners:
+        """One pass of the watch, in pieces that let the event loop run between them."""
+        for n, runner in enumerate(runners, 1):
             self.risk.baseline(runner.name)
+            if n % WATCH_CHUNK == 0:
+                await asyncio.sleep(0)
         baselines = self.risk.baselines()
         if baselines != self._saved_baselines:
             self._saved_baselines = baselines
             self._persist(BASELINES_KEY, baselines)
-        for breach in self.watch.new_breaches(runners):
+        for breach in await self.watch.new_breaches_cooperatively(runners):
             if self.kill_switch.active:
                 log.warning(
                     "automatic trigger %s while the switch is active: %s",

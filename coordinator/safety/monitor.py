@@ -10,6 +10,7 @@ cleared and come back. The risk gates keep refusing orders past the per-bot limi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from coordinator.safety.breaker import BreakerBoard
 from coordinator.safety.kill_switch import Trigger
 from coordinator.safety.risk import RiskContext
 from coordinator.supervisor import BotRunner
+
+CHUNK = 100  # bots looked at between two turns of the event loop
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,21 @@ class TriggerWatch:
 
     def new_breaches(self, runners: Iterable[BotRunner]) -> list[Breach]:
         """The breaches that became true since the last call."""
-        now = self.breaches(list(runners))
+        return self._fresh(self.breaches(list(runners)))
+
+    async def new_breaches_cooperatively(self, runners: list[BotRunner]) -> list[Breach]:
+        """`new_breaches`, letting the event loop run every CHUNK bots: the watch runs every
+        second, and at 1,000 bots one pass held in one piece was a 20-30 ms stall."""
+        found: list[Breach] = []
+        for n, runner in enumerate(runners, 1):
+            found.extend(self._bot_breaches(runner))
+            if n % CHUNK == 0:
+                await asyncio.sleep(0)
+        found.extend(self._daily_loss(runners))
+        found.extend(self._breakers_open_too_long())
+        return self._fresh(found)
+
+    def _fresh(self, now: list[Breach]) -> list[Breach]:
         fresh = [b for b in now if b.key not in self._holding]
         self._holding = {b.key for b in now}
         return fresh

@@ -39,8 +39,14 @@ _SELECT_LIVE_ORDERS = (
 )
 
 
-def iso(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat(timespec="microseconds")
+def iso(at: datetime | str) -> str:
+    """UTC ISO 8601 with microseconds; text already formatted passes through (a write that
+    stamps several rows with one time formats it once)."""
+    if isinstance(at, str):
+        return at
+    if at.tzinfo is not UTC:  # most times are UTC already: astimezone costs a fifth of this
+        at = at.astimezone(UTC)
+    return at.isoformat(timespec="microseconds")
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -62,6 +68,7 @@ class SqliteJournal:
     async def record_intent(self, order: JournalOrder) -> None:
         if order.status is not OrderStatus.PENDING_SUBMIT:
             raise ValueError("an intent is journaled as pending_submit")
+        created = iso(order.created_at)
         await self.store.write(
             [
                 (
@@ -80,17 +87,18 @@ class SqliteJournal:
                         str(order.filled),
                         order.tag,
                         order.reason,
-                        iso(order.created_at),
-                        iso(order.created_at),
+                        created,
+                        created,
                     ),
                 ),
-                _order_event(order.client_order_id, order.created_at, None, order.status, "intent"),
+                _order_event(order.client_order_id, created, None, order.status, "intent"),
             ]
         )
 
     async def record_update(self, update: OrderUpdate) -> None:
         order = update.order
         check_order_transition(order.client_order_id, update.previous_status, order.status)
+        at = iso(update.at)
         statements: list[Write] = [
             Expect(
                 "UPDATE orders SET status = ?, exchange_order_id = ?, filled = ?, reason = ?,"
@@ -100,7 +108,7 @@ class SqliteJournal:
                     order.exchange_order_id,
                     str(order.filled),
                     order.reason,
-                    iso(update.at),
+                    at,
                     order.client_order_id,
                     update.previous_status.value,
                 ),
@@ -110,16 +118,16 @@ class SqliteJournal:
             statements.append(
                 _order_event(
                     order.client_order_id,
-                    update.at,
+                    at,
                     update.previous_status,
                     order.status,
                     update.detail,
                 )
             )
-        statements.extend(_fill_insert(fill, update.at) for fill in update.fills)
+        statements.extend(_fill_insert(fill, at) for fill in update.fills)
         if update.position is not None:
-            statements.append(_position_upsert(order.bot, order.symbol, update.position, update.at))
-        statements.extend(_balance_upserts(order.bot, update.balances, update.at))
+            statements.append(_position_upsert(order.bot, order.symbol, update.position, at))
+        statements.extend(_balance_upserts(order.bot, update.balances, at))
         await self.store.write(statements)
 
     async def load_book(self, bot: str) -> BookSnapshot:
@@ -325,7 +333,7 @@ def _bot_value(value: Any) -> Any:
 
 def _order_event(
     client_order_id: int,
-    at: datetime,
+    at: datetime | str,
     from_status: OrderStatus | None,
     to_status: OrderStatus,
     detail: str,
@@ -343,7 +351,7 @@ def _order_event(
     )
 
 
-def _fill_insert(fill: FillRecord, at: datetime) -> Statement:
+def _fill_insert(fill: FillRecord, at: datetime | str) -> Statement:
     return (
         "INSERT INTO fills (client_order_id, bot, trade_id, side, amount, price, fee,"
         " fee_currency, executed_at, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -362,7 +370,9 @@ def _fill_insert(fill: FillRecord, at: datetime) -> Statement:
     )
 
 
-def _position_upsert(bot: str, symbol: str, position: Position, at: datetime) -> Statement:
+def _position_upsert(
+    bot: str, symbol: str, position: Position, at: datetime | str
+) -> Statement:
     return (
         "INSERT INTO positions (bot, symbol, base, avg_entry_price, realized_pnl, fees_paid,"
         " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (bot) DO UPDATE SET"
@@ -382,8 +392,9 @@ def _position_upsert(bot: str, symbol: str, position: Position, at: datetime) ->
 
 
 def _balance_upserts(
-    bot: str, balances: Mapping[str, Decimal], at: datetime
+    bot: str, balances: Mapping[str, Decimal], at: datetime | str
 ) -> Iterable[Statement]:
+    at = iso(at)
     for asset, total in balances.items():
         yield (
             "INSERT INTO balances (bot, asset, total, updated_at) VALUES (?, ?, ?, ?)"

@@ -214,6 +214,20 @@ async def test_later_ticks_follow_the_interval(make_harness: MakeHarness) -> Non
     assert span >= (ticks - 1) * 0.05 * 0.5, "ticks ran back to back instead of on the interval"
 
 
+async def test_bots_tick_at_phases_of_their_own_within_the_interval(
+    make_harness: MakeHarness,
+) -> None:
+    harness = await make_harness(interval=2.0)
+    bot = harness.bot
+    phases = {}
+    for name in ("ndax", "kraken", "grid-0001", "grid-0002", "dca-0003"):
+        bot.name = name
+        phases[name] = bot.phase_seconds
+        assert phases[name] == bot.phase_seconds  # from the name: the same every time
+    assert all(0 <= phase < 2.0 for phase in phases.values())
+    assert len(set(phases.values())) == len(phases)  # spread, not all in one burst
+
+
 async def test_the_loop_ends_promptly_when_stop_is_set(make_harness: MakeHarness) -> None:
     harness = await make_harness(interval=30.0)
     stop = asyncio.Event()

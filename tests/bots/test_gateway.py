@@ -514,6 +514,28 @@ async def test_a_partial_market_fill_journals_the_filled_part_and_cancels_the_re
     assert rig.book.live_orders == {}
 
 
+async def test_a_sync_that_finds_resting_orders_as_they_were_starts_no_apply(
+    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = await make_rig()
+    for price in ("98.00", "97.00", "96.00"):
+        await rig.gateway.submit(limit(Side.BUY, "0.1", price))
+    applied: list[object] = []
+    real = rig.gateway._unsplittable
+
+    async def counted(step: Any) -> None:
+        applied.append(step)
+        await real(step)
+
+    monkeypatch.setattr(rig.gateway, "_unsplittable", counted)
+    await rig.gateway.sync(snap("99.50", "99.70"))  # none crossed
+    assert applied == []
+
+    await rig.gateway.sync(snap("96.90", "97.00"))  # two cross
+    assert len(applied) == 2
+    assert len(rig.book.live_orders) == 1
+
+
 async def test_a_resting_limit_order_fills_when_the_market_crosses_it_on_sync(
     make_rig: MakeRig,
 ) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
-from coordinator.alerts.engine import AlertEngine
+from coordinator.alerts.engine import CHUNK, AlertEngine
 from coordinator.alerts.model import AlertState, Sample
 from coordinator.config.alerting import RuleTiming, Severity
 from tests.coordinator.alerts.support import T0
@@ -162,3 +163,27 @@ def test_the_listing_puts_the_most_severe_first_and_counts_them() -> None:
     assert [a["name"] for a in listing["firing"]] == ["order_failure_rate_high", "disk_space_low"]
     assert listing["counts"] == {"critical": 1, "warning": 1, "info": 0}
     assert listing["status"] == "firing"
+
+
+async def test_a_cooperative_evaluation_lets_the_loop_run_and_ends_the_same() -> None:
+    clock = FakeClock(T0)
+    together, in_pieces = engine(clock, for_seconds=0), engine(clock, for_seconds=0)
+    samples = [sample(True, bot=f"bot-{n}") for n in range(CHUNK * 3)]
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.create_task(count_turns())
+    for _ in range(2):
+        expected = together.evaluate(samples)
+        moved = await in_pieces.evaluate_cooperatively(samples)
+        clock.advance(seconds=STEP)
+    counter.cancel()
+
+    assert [t.alert for t in moved] == [t.alert for t in expected]
+    assert len(moved) == CHUNK * 3  # every subject fired at the second evaluation
+    assert turns >= 4  # the loop ran between the pieces

@@ -101,6 +101,21 @@ async def test_consecutive_order_failures_fire_at_the_limit_and_not_one_below(ri
     assert f"(limit {MAX_FAILURES})" in breach.reason
 
 
+async def test_the_cooperative_pass_finds_what_the_plain_one_finds(
+    config: CoordinatorConfig, data_dir: Path, clock: FakeClock, rig: Rig
+) -> None:
+    rig.runner("ndax").parts.book.consecutive_failures = MAX_FAILURES
+    crash(rig.runner("kraken"), MAX_CRASHES)
+    plain = rig.fresh()
+    rig.watch._holding = set()  # forget them, so the next pass finds them fresh again
+
+    cooperative = await rig.watch.new_breaches_cooperatively(rig.runners)
+
+    assert sorted(b.key for b in cooperative) == sorted(b.key for b in plain)
+    assert len(plain) == 2
+    assert await rig.watch.new_breaches_cooperatively(rig.runners) == []  # held: not fresh
+
+
 # -- crash loop ----------------------------------------------------------------------------------
 
 
