@@ -37,8 +37,8 @@ from coordinator.metrics.collector import CoordinatorCollector
 from coordinator.reconcile.reconciler import Reconciler
 from coordinator.safety.kill_switch import KillSwitch, Trigger
 from coordinator.safety.layer import SafetyLayer
-from coordinator.store.journal import SqliteJournal, iso
-from coordinator.store.sqlite import MAX_BATCH_JOBS, SqliteStore
+from coordinator.store.journal import SqliteJournal, audit_entry, iso
+from coordinator.store.sqlite import MAX_BATCH_JOBS, Priority, SqliteStore
 from coordinator.supervisor import BotRunner, Supervisor
 from coordinator.wiring import PublicExchanges, build_bot_parts
 
@@ -270,14 +270,34 @@ class Coordinator:
         """Stop everything. Accepted even while shutting down: stopping is always allowed.
         `wait_for_halt` False (the control plane): answer once the gate is closed and durable;
         the halt goes on, and `GET /kill-switch` says when it completed."""
-        result: dict[str, Any] = await self._audited(
-            actor,
-            "kill_switch.activate",
-            None,
-            lambda: self.kill_switch.activate(reason, actor, trigger, wait_for_halt),
-            {"reason": reason, "trigger": trigger.value},
-            always=True,
-        )
+        details = {"reason": reason, "trigger": trigger.value}
+
+        def audit(result: str) -> Any:
+            return audit_entry(
+                actor=actor,
+                action="kill_switch.activate",
+                result=result,
+                at=self.clock(),
+                reason=reason,
+                details=details,
+            )
+
+        # The audit entry commits with the state it records: one safety write before the
+        # answer, not two. When nothing was written (active already, or the write failed) the
+        # entry is written on its own, saying so.
+        outcome = "cancelled before it finished"
+        result: dict[str, Any] | None = None
+        try:
+            result = await self.kill_switch.activate(
+                reason, actor, trigger, wait_for_halt, audit=audit("ok")
+            )
+            outcome = "ok"
+        except Exception as exc:
+            outcome = f"error: {exc!r}"
+            raise
+        finally:
+            if result is None or not result["audited"]:
+                await self.store.write([audit(outcome)], Priority.SAFETY)
         if not result["already_active"]:
             self.metrics.kill_switch_activations.labels(trigger.value).inc()
         return result

@@ -27,6 +27,7 @@ from bots.models import OrderIntent
 from coordinator.config.models import KillSwitchConfig, RecoverySettings
 from coordinator.errors import Conflict
 from coordinator.store.journal import SqliteJournal, iso, parse_time
+from coordinator.store.sqlite import Write
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +159,18 @@ class KillSwitch:
     # -- activate ------------------------------------------------------------------------------
 
     async def activate(
-        self, reason: str, actor: str, trigger: Trigger, wait_for_halt: bool = True
+        self,
+        reason: str,
+        actor: str,
+        trigger: Trigger,
+        wait_for_halt: bool = True,
+        audit: Write | None = None,
     ) -> dict[str, Any]:
         """Close the gate, make it durable, halt every bot. With `wait_for_halt` False the
         answer comes once the gate is closed and durable, with the halt under way (`status()`'s
-        `halt` says when it completed)."""
+        `halt` says when it completed). `audit` (the activation's audit entry) commits in the
+        same transaction as the state, one fsync for both; the answer's `audited` says whether
+        it was written (not when the switch was active already: nothing was written)."""
         called = time.monotonic()
         now = self.clock()
         already = self.state.active
@@ -181,7 +189,7 @@ class KillSwitch:
                 )
                 self._timing["gate_closed"] = time.monotonic()
                 log.critical("KILL SWITCH ACTIVATED by %s (%s): %s", actor, trigger.value, reason)
-                await self._record_activation(reason, actor, trigger, now)
+                await self._record_activation(reason, actor, trigger, now, audit)
                 self._timing["durable"] = time.monotonic()
             else:
                 log.warning(
@@ -201,7 +209,8 @@ class KillSwitch:
                 self._halting = halting
                 if wait_for_halt:
                     await asyncio.shield(halting)
-        return {"already_active": already, **self.status()}
+        return {"already_active": already, "audited": not already and audit is not None,
+                **self.status()}
 
     def note_halt_completed(self) -> None:
         """Every bot's halt has ended (its tick stopped, its orders cancelled or failed)."""
@@ -209,20 +218,18 @@ class KillSwitch:
         self._timing["halt_completed"] = time.monotonic()
 
     async def _record_activation(
-        self, reason: str, actor: str, trigger: Trigger, now: datetime
+        self, reason: str, actor: str, trigger: Trigger, now: datetime, audit: Write | None
     ) -> None:
-        await self.journal.save_safety_state(
-            STATE_KEY,
-            self.state.to_json(),
-            now,
-            also=[
-                (
-                    "INSERT INTO kill_switch_activations (at, trigger, reason, actor)"
-                    " VALUES (?, ?, ?, ?)",
-                    (iso(now), trigger.value, reason, actor),
-                )
-            ],
-        )
+        also: list[Write] = [
+            (
+                "INSERT INTO kill_switch_activations (at, trigger, reason, actor)"
+                " VALUES (?, ?, ?, ?)",
+                (iso(now), trigger.value, reason, actor),
+            )
+        ]
+        if audit is not None:
+            also.append(audit)
+        await self.journal.save_safety_state(STATE_KEY, self.state.to_json(), now, also=also)
         self._activation_times.append(now)
         self._check_activation_limit()
 

@@ -244,7 +244,7 @@ class SqliteJournal:
         key: str,
         value: Mapping[str, Any],
         at: datetime,
-        also: Sequence[Statement] = (),
+        also: Sequence[Write] = (),
     ) -> None:
         """Persist one safety component's state (and `also`, atomically) in the safety lane."""
         await self.store.write(
@@ -297,20 +297,16 @@ class SqliteJournal:
         details: Mapping[str, Any] | None = None,
         priority: Priority = Priority.SAFETY,
     ) -> None:
-        await self.store.write(
-            [
-                AuditAppend(
-                    iso(at),
-                    actor,
-                    action,
-                    subject,
-                    reason,
-                    result,
-                    json.dumps(dict(details or {}), default=str, sort_keys=True),
-                )
-            ],
-            priority,
+        entry = audit_entry(
+            actor=actor,
+            action=action,
+            result=result,
+            at=at,
+            subject=subject,
+            reason=reason,
+            details=details,
         )
+        await self.store.write([entry], priority)
 
     async def recent_audit(self, limit: int) -> list[dict[str, Any]]:
         rows = await self.store.fetch_all(
@@ -329,6 +325,28 @@ def _bot_value(value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
     return value
+
+
+def audit_entry(
+    *,
+    actor: str,
+    action: str,
+    result: str,
+    at: datetime,
+    subject: str | None = None,
+    reason: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> AuditAppend:
+    """An audit entry as a write step, for a caller that commits it with what it records."""
+    return AuditAppend(
+        iso(at),
+        actor,
+        action,
+        subject,
+        reason,
+        result,
+        json.dumps(dict(details or {}), default=str, sort_keys=True),
+    )
 
 
 def _order_event(

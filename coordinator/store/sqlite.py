@@ -3,9 +3,10 @@
 Writes are jobs (a list of SQL statements that must commit together). A single writer task takes
 every job queued since its last commit and commits them in one transaction, so a hundred bots that
 write in the same instant pay for one fsync, not a hundred. Jobs submitted with
-`Priority.SAFETY` (the kill switch, the audit of a control action) go into a lane the writer
-always empties first, in a transaction of their own, so a safety write waits at most for the one
-batch already being committed, never behind a backlog of order writes.
+`Priority.SAFETY` (the kill switch, the audit of a control action) skip the queue and the writer
+task: each goes straight to the writer's thread in a transaction of its own, so a safety write
+waits at most for the one batch already being committed, never behind a backlog of order writes
+nor for the writer task's turn on a busy event loop.
 
 One thread hop per batch. The write connection is a plain `sqlite3` connection owned by one
 dedicated thread (`_WriterThread`), and a whole batch (BEGIN IMMEDIATE, every job's statements,
@@ -229,10 +230,29 @@ class SqliteStore:
             raise StoreError(f"the store writer failed earlier: {self._broken!r}; nothing written")
         if not statements:
             return
+        if priority is Priority.SAFETY:
+            await self._write_safety(statements)
+            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lanes[priority].append(_Job(statements, future))
         self._wakeup.set()
         await future
+
+    async def _write_safety(self, statements: Sequence[Write]) -> None:
+        """A safety write goes straight to the writer's thread, in a transaction of its own:
+        it waits for the one batch the thread may be committing, never for the writer task
+        to wake (a turn of a busy event loop) nor for the order writes queued behind it."""
+        began = time.perf_counter()
+        outcome = await self._writer.run(partial(_commit_in_thread, [statements]))
+        if outcome.unusable is not None:
+            self._break(outcome.unusable)
+            raise StoreError(f"the store writer failed: {outcome.unusable!r}")
+        error = outcome.errors[0]
+        if error is not None:
+            self.stats.failed_jobs += 1
+            log.error("store write failed and was rolled back: %s", error)
+            raise StoreError(f"write rolled back: {error}")
+        self._count_commit(1, True, time.perf_counter() - began)
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         async with self._reader_conn.execute(sql, params) as cursor:
@@ -283,11 +303,6 @@ class SqliteStore:
     # -- the writer ------------------------------------------------------------------------------
 
     def _next_batch(self) -> tuple[list[_Job], bool]:
-        safety = self._lanes[Priority.SAFETY]
-        if safety:
-            jobs = list(safety)
-            safety.clear()
-            return jobs, True
         normal = self._lanes[Priority.NORMAL]
         jobs = [normal.popleft() for _ in range(min(len(normal), self._max_batch_jobs))]
         return jobs, False
@@ -296,17 +311,23 @@ class SqliteStore:
         try:
             await self._write_batches()
         except Exception as exc:
-            # Nothing can be written any more: say so to every waiting and later caller rather
-            # than leave them hanging on futures no one will resolve.
-            log.critical(
-                "the store writer failed; no further writes are possible: %r", exc, exc_info=exc
-            )
-            self._broken = exc
-            for lane in self._lanes.values():
-                while lane:
-                    job = lane.popleft()
-                    if not job.future.done():
-                        job.future.set_exception(StoreError(f"the store writer failed: {exc!r}"))
+            self._break(exc)
+
+    def _break(self, exc: Exception) -> None:
+        """Nothing can be written any more: say so to every waiting and later caller rather
+        than leave them hanging on futures no one will resolve."""
+        if self._broken is not None:
+            return
+        log.critical(
+            "the store writer failed; no further writes are possible: %r", exc, exc_info=exc
+        )
+        self._broken = exc
+        for lane in self._lanes.values():
+            while lane:
+                job = lane.popleft()
+                if not job.future.done():
+                    job.future.set_exception(StoreError(f"the store writer failed: {exc!r}"))
+        self._wakeup.set()
 
     async def _write_batches(self) -> None:
         while True:
@@ -330,13 +351,16 @@ class SqliteStore:
                     if not job.future.done():
                         job.future.set_exception(failure)
                 raise
-            self.stats.commits += 1
-            self.stats.safety_commits += int(is_safety)
-            self.stats.jobs += len(jobs)
-            self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
-            self.last_commit_seconds = time.perf_counter() - began
-            if self.on_commit is not None:
-                self.on_commit(self.last_commit_seconds, is_safety)
+            self._count_commit(len(jobs), is_safety, time.perf_counter() - began)
+
+    def _count_commit(self, jobs: int, is_safety: bool, seconds: float) -> None:
+        self.stats.commits += 1
+        self.stats.safety_commits += int(is_safety)
+        self.stats.jobs += jobs
+        self.stats.largest_batch = max(self.stats.largest_batch, jobs)
+        self.last_commit_seconds = seconds
+        if self.on_commit is not None:
+            self.on_commit(seconds, is_safety)
 
     async def _commit_batch(self, jobs: list[_Job]) -> None:
         """Commit `jobs` in one hop to the writer's thread, then settle their futures here, on

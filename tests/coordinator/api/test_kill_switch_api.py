@@ -118,6 +118,22 @@ async def test_activating_an_active_switch_is_idempotent_and_audited(
     assert [e["action"] for e in events].count("kill_switch.activate") == 2
 
 
+async def test_an_activation_commits_its_state_and_its_audit_entry_in_one_safety_write(
+    client: TestClient, coordinator: Coordinator
+) -> None:
+    before = coordinator.store.stats.safety_commits
+
+    body = await (await activate(client)).json()
+
+    assert body["audited"] is True
+    assert coordinator.store.stats.safety_commits == before + 1
+    events = await coordinator.journal.recent_audit(10)
+    (entry,) = [e for e in events if e["action"] == "kill_switch.activate"]
+    assert entry["result"] == "ok"
+    timing = body["last_activation_timing"]
+    assert 0 <= timing["gate_closed_ms"] <= timing["durable_ms"]
+
+
 async def test_override_inside_the_cooldown_is_refused_with_the_time_left(
     client: TestClient, auth: dict[str, str], clock: FakeClock
 ) -> None:
