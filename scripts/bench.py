@@ -107,42 +107,36 @@ def paper_bots_worker(argv: list[str]) -> None:
 
 def bench_scale(quick: bool) -> dict[str, Any]:
     bots, seconds = (100, 10) if quick else (1000, 30)
-    result = paper_bots(["--bots", str(bots), "--seconds", str(seconds), "--unlimited"])
+    arguments = ["--bots", str(bots), "--seconds", str(seconds), "--unlimited", "--warmup", "5"]
+    result = paper_bots(arguments)
     return {
         "benchmark": "scale",
-        "command": f"scripts/bench_paper_bots.py --bots {bots} --seconds {seconds} --unlimited",
+        "command": "scripts/bench_paper_bots.py " + " ".join(arguments),
         **result,
         "machine": machine(),
     }
 
 
 def bench_order_path(quick: bool) -> dict[str, Any]:
-    bots, seconds, tick = 100, (10 if quick else 30), 0.05
-    base = ["--bots", str(bots), "--seconds", str(seconds), "--tick", str(tick), "--unlimited"]
-    runs = {}
-    for label, extra in (("group_commit", []), ("no_group_commit", ["--no-group-commit"])):
-        result = paper_bots(base + extra, lift_bot_limits=True)
-        runs[label] = {
-            "orders_per_second": round(result["orders_total"] / result["seconds"], 1),
-            "fills_per_second": round(result["fills_total"] / result["seconds"], 1),
-            "refusals_total": result["refusals_total"],
-            "orders_total": result["orders_total"],
-            "jobs_per_commit": result["jobs_per_commit"],
-            "store_commits_per_second": round(result["store_commits"] / result["seconds"], 1),
-            "safety_write_ms_p99": result["safety_write_ms_p99"],
-            "normal_write_ms_p99": result["normal_write_ms_p99"],
-            "loop_lag_ms_p99": result["loop_lag_ms_p99"],
-            "cpu_percent_of_one_core": result["cpu_percent_of_one_core"],
-            "ticks_per_bot_min": result["ticks_per_bot_min"],
-            "ticks_per_bot_expected": result["ticks_per_bot_expected"],
-        }
+    """scripts/bench_order_path.py in a process of its own: with group commit, the ceiling and
+    1,000 orders/s; without, the ceiling only (it cannot carry 1,000/s: its queue would grow
+    for the whole run)."""
+    seconds = "5" if quick else "10"
+    runs = []
+    for extra, label in ((["--group-commit-only"], "group commit"),
+                         (["--no-group-commit", "--seconds", "5", "--rate", "0"],
+                          "no group commit")):
+        command = [sys.executable, str(HERE / "bench_order_path.py"), "--bots", "300",
+                   "--seconds", seconds, "--rate", "1000", *extra]
+        print("running", " ".join(command[1:]), f"({label})", file=sys.stderr)
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"bench_order_path failed ({done.returncode}): {done.stderr[-2000:]}")
+        runs.extend(json.loads(done.stdout)["runs"])
     return {
         "benchmark": "order_path",
-        "command": " ".join(["scripts/bench_paper_bots.py", *base, "[--no-group-commit]"])
-        + " with the per-bot default limits lifted",
-        "note": "offered load of the shipped strategies (DCA every 2 ticks, grid), not the "
-        "order path's ceiling; per-order p50/p99 not measured (bench_paper_bots does not time "
-        "an order)",
+        "command": f"scripts/bench_order_path.py --bots 300 --seconds {seconds} --rate 1000 "
+        "--group-commit-only; ... --no-group-commit --seconds 5 --rate 0",
         "runs": runs,
         "machine": machine(),
     }
@@ -222,7 +216,8 @@ async def status_at(bots: int, requests: int, clients: int, seconds: float) -> d
             running = sum(b["state"] == "running" for b in (await status(session, process.base))
                           ["bots"])
             endpoints = {}
-            for path in ("/status", "/health", "/metrics"):
+            paths = ["/status", "/status?view=summary", f"/bots/{names[0]}", "/health", "/metrics"]
+            for path in paths:
                 url = process.base + path
                 endpoints[path] = {
                     "sequential": await sequential(session, url, requests, process.pid),
@@ -240,7 +235,7 @@ async def status_at(bots: int, requests: int, clients: int, seconds: float) -> d
 
 
 async def bench_status(quick: bool) -> dict[str, Any]:
-    requests, clients, seconds = 300, 64, 10.0
+    requests, clients, seconds = 300, 64, 5.0
     runs = []
     for bots in (100, 2):
         print(f"status: {bots} bots", file=sys.stderr)
@@ -258,21 +253,12 @@ async def bench_status(quick: bool) -> dict[str, Any]:
 
 
 async def bench_kill(quick: bool) -> dict[str, Any]:
-    repeats = 20
-    plain = await bench_kill_switch.run([10, 100] if quick else [10, 100, 1000], repeats, 1.0)
-    busy = [(100, 0.05)] if quick else [(100, 0.05), (1000, 0.2)]
-    saturated = []
-    for bots, tick in busy:
-        try:
-            saturated.extend((await bench_kill_switch.run([bots], repeats, tick))["runs"])
-        except (Exception, SystemExit) as exc:  # keep the runs that finished
-            saturated.append({"bots": bots, "tick_interval_seconds": tick, "error": repr(exc)})
+    counts, busy = ([10, 100], 100) if quick else ([10, 100, 1000], 1000)
+    result = await bench_kill_switch.run(counts, 20, 1.0, busy)
     return {
-        "benchmark": "kill_switch",
-        "command": "scripts/bench_kill_switch.py --bots N --repeats 20 [--tick T]",
-        "runs": plain["runs"],
-        "busy_loop_runs": saturated,
-        "machine": machine(),
+        "command": f"scripts/bench_kill_switch.py --bots {','.join(map(str, counts))} "
+        f"--repeats 20 --busy {busy}",
+        **result,
     }
 
 

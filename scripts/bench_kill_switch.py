@@ -1,31 +1,33 @@
-"""Benchmark: the kill switch in the real coordinator process, N paper grid bots resting orders.
+"""Benchmark: the kill switch in the real coordinator process, N paper bots resting orders.
 
 Generates a config of N paper bots, every one the shipped kraken grid bot (levels 3, feed
-volatility 0, so its limit orders rest and never fill), starts `python -m coordinator` on it,
-starts every bot through `POST /start`, waits until every bot rests orders (`GET /status`:
-open_orders > 0 for every bot), then repeats `--repeats` times:
+volatility 0, so its limit orders rest and never fill), starts `python -m coordinator` on it
+(one process configured with the largest N; a run for a smaller N starts the first N bots),
+starts the bots through `POST /start`, waits until every one rests orders, then `--repeats`
+times:
 
-1. `POST /kill-switch {"action": "activate"}` from loopback (no token), while a second client
-   polls `GET /status` back to back (a 2 ms pause between polls) from the moment of the request;
-2. times, from just before the request is sent:
+1. `POST /kill-switch {"action": "activate"}` from loopback (no token);
+2. times, from just before the request is sent (time.monotonic(), which the coordinator's own
+   probe uses too, so both clocks line up on one machine):
+   (a) the gate closed, and the gate closed with the state durable: from the coordinator's
+       `last_activation_timing` (GET /kill-switch), plus the time from the request to the call
+       of `activate` (the request's wait for the event loop);
    (b) the HTTP answer;
-   (c) the first poll whose answer shows every bot `stopped`;
-   (d) the first poll whose answer shows `open_orders` 0 for every bot;
-   (c) and (d) are taken when that poll's answer is in hand, so they carry up to one /status
-   round trip of error (reported as `status_poll_ms_p50`);
-3. lifts the switch with `force_override` (admin token from data/admin.token), starts every bot
-   again and waits until every bot rests orders again.
+   (c)/(d) every bot stopped and every order cancelled: the halt's completion in the same
+       timing (a bot is stopped only once its orders are cancelled), checked against the halt's
+       progress (no bot left running, no order open);
+3. lifts the switch with `force_override` (admin token from data/admin.token), starts the bots
+   again and waits until they rest orders again.
 
-(a), the gate closed and the state durable, happens inside the process between two awaits and is
-not visible from outside: the reply (b) comes after it, so (b) is an upper bound of (a) today.
+`--busy N` adds N bots of the shipped mix (half DCA buying every 2 s, half grid) at 1 s ticks,
+orders flowing: at 1,000 bots the loop is busy (~80 % of a core), the "saturated" case.
 
 So that 20+ activations in a row neither trip the global breaker nor wait out a cooldown, the
 generated kill-switch.json allows 100 activations per minute and recovery-settings.json has a
 cooldown of 0 minutes; the global risk limits are lifted (as `bench_paper_bots.py --unlimited`),
 and so are the per-bot defaults of orders per minute and open orders.
 
-    .venv/bin/python scripts/bench_kill_switch.py --bots 10,100,1000 --repeats 20
-    .venv/bin/python scripts/bench_kill_switch.py --bots 100 --tick 0.05      # busier loop
+    .venv/bin/python scripts/bench_kill_switch.py --bots 10,100,1000 --repeats 20 --busy 1000
 
 Prints JSON; docs/benchmarks.md records the figures with the machine.
 """
@@ -195,9 +197,9 @@ async def post(
 
 
 async def start_all(session: aiohttp.ClientSession, process: Process, names: list[str]) -> float:
-    """POST /start for every bot (16 at a time); seconds it took."""
+    """POST /start for every bot (64 at a time); seconds it took."""
     began = time.perf_counter()
-    gate = asyncio.Semaphore(16)
+    gate = asyncio.Semaphore(64)
 
     async def one(name: str) -> None:
         async with gate:
@@ -210,67 +212,76 @@ async def start_all(session: aiohttp.ClientSession, process: Process, names: lis
     return time.perf_counter() - began
 
 
-async def wait_resting(session: aiohttp.ClientSession, base: str, within: float) -> float:
-    """Until every bot runs with orders resting; seconds it took."""
+async def wait_resting(
+    session: aiohttp.ClientSession,
+    base: str,
+    names: list[str] | None = None,
+    within: float = 60.0,
+    grid: bool = True,
+) -> float:
+    """Until every bot of `names` (default: all) runs, each with orders resting (`grid`) or
+    with orders resting in all; seconds it took."""
+
+    def ready(bot: dict[str, Any]) -> bool:
+        return bool(bot["state"] == "running" and (bot["open_orders"] > 0 or not grid))
+
+    async def chosen() -> list[dict[str, Any]]:
+        async with session.get(base + "/status", params={"view": "summary"}) as response:
+            bots: list[dict[str, Any]] = json.loads(await response.read())["bots"]
+        return [b for b in bots if names is None or b["name"] in wanted]
+
+    wanted = set(names or ())
     began = time.perf_counter()
     while time.perf_counter() - began < within:
-        bots = (await status(session, base))["bots"]
-        if all(b["state"] == "running" and b["open_orders"] > 0 for b in bots):
+        bots = await chosen()
+        if all(ready(b) for b in bots) and sum(b["open_orders"] for b in bots) > 0:
             return time.perf_counter() - began
         await asyncio.sleep(0.1)
-    bots = (await status(session, base))["bots"]
+    bots = await chosen()
     lagging = [(b["name"], b["state"], b["open_orders"], b["last_refusal"]) for b in bots
-               if not (b["state"] == "running" and b["open_orders"] > 0)]
+               if not ready(b)]
     raise SystemExit(f"bots without resting orders after {within} s: {lagging[:5]} "
                      f"({len(lagging)} in all)")
 
 
-async def activation(
-    session: aiohttp.ClientSession, poller: aiohttp.ClientSession, process: Process
-) -> dict[str, Any]:
-    """One activation: (b) answer, (c) all stopped, (d) all orders cancelled, in ms."""
-    seen: dict[str, float] = {}
-    polls: list[float] = []
-    last: list[dict[str, Any]] = []
-    done = asyncio.Event()
+async def kill_switch_state(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    async with session.get(base + "/kill-switch") as response:
+        data: dict[str, Any] = json.loads(await response.read())
+        return data
 
-    async def poll(began: float) -> None:
-        while not done.is_set() and time.perf_counter() - began < 60:
-            sent = time.perf_counter()
-            bots = (await status(poller, process.base))["bots"]
-            now = time.perf_counter()
-            polls.append(now - sent)
-            last[:] = bots
-            if "stopped" not in seen and all(b["state"] == "stopped" for b in bots):
-                seen["stopped"] = now - began
-            if "cancelled" not in seen and all(b["open_orders"] == 0 for b in bots):
-                seen["cancelled"] = now - began
-            if "stopped" in seen and "cancelled" in seen:
-                return
-            await asyncio.sleep(0.002)
 
+async def activation(session: aiohttp.ClientSession, process: Process) -> dict[str, Any]:
+    """One activation, timed from just before the request is sent (time.monotonic(), the clock
+    the coordinator's probe uses too, so the two line up on one machine):
+    (a) the gate closed and the state durable, from the coordinator's own timing
+    (`last_activation_timing`); (b) the HTTP answer, here; (c) every bot stopped and (d) every
+    order cancelled: the halt's completion, from the coordinator's timing (a bot is stopped
+    only once its orders are cancelled, so (c) = (d)). GET /kill-switch is polled every 20 ms
+    only to know when the halt completed, and checked: no bot left running, no order open."""
     body = {"action": "activate", "reason": "bench"}
-    began = time.perf_counter()
-    watcher = asyncio.create_task(poll(began))
+    sent = time.monotonic()
     code, reply = await post(session, process.base + "/kill-switch", body, None)
-    answered = time.perf_counter() - began
-    try:
-        await asyncio.wait_for(watcher, timeout=60)
-    finally:
-        done.set()
+    answered = time.monotonic() - sent
     if code != 200 or reply.get("already_active"):
         raise SystemExit(f"activation answered {code}: {reply}")
-    if "stopped" not in seen or "cancelled" not in seen:
-        laggards = [(b["name"], b["state"], b["open_orders"], b["error"]) for b in last
-                    if b["state"] != "stopped" or b["open_orders"]]
-        raise SystemExit(f"not every bot stopped with no order within 60 s: {laggards[:5]} "
-                         f"({len(laggards)} in all; {seen})")
+    state = reply
+    while state["halt"]["completed_at"] is None:
+        if time.monotonic() - sent > 60:
+            raise SystemExit(f"the halt did not complete within 60 s: {state['halt']}")
+        await asyncio.sleep(0.02)
+        state = await kill_switch_state(session, process.base)
+    if state["halt"]["bots_not_stopped"] or state["halt"]["orders_open"]:
+        raise SystemExit(f"the halt completed with bots or orders left: {state['halt']}")
+    timing = state["last_activation_timing"]
+    called = timing["called_monotonic"]
+    offset = (called - sent) * 1000  # request sent -> activate called
     return {
+        "to_activate_ms": offset,
+        "a_gate_closed_ms": offset + timing["gate_closed_ms"],
+        "a_durable_ms": offset + timing["durable_ms"],
         "answer_ms": answered * 1000,
-        "all_stopped_ms": seen["stopped"] * 1000,
-        "all_cancelled_ms": seen["cancelled"] * 1000,
-        "polls": len(polls),
-        "poll_ms": [p * 1000 for p in polls],
+        "halt_completed_ms": offset + timing["halt_completed_ms"],
+        "halt_after_durable_ms": timing["halt_completed_ms"] - timing["durable_ms"],
     }
 
 
@@ -283,73 +294,137 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-async def bench_one(bots: int, repeats: int, tick: float) -> dict[str, Any]:
-    with coordinator_process(lambda d: make_grid_config(d, bots, tick)) as process:
-        timeout = aiohttp.ClientTimeout(total=120)
-        async with aiohttp.ClientSession(timeout=timeout) as session, \
-                aiohttp.ClientSession(timeout=timeout) as poller:
-            await process.ready(session)
-            names = [b["name"] for b in (await status(session, process.base))["bots"]]
-            start_seconds = await start_all(session, process, names)
-            await wait_resting(session, process.base, within=60 + bots * 0.1)
-            first = await status(session, process.base)
-            resting = sum(b["open_orders"] for b in first["bots"])
-            status_bytes = len(json.dumps(first))
-            idle_before = cpu_seconds(process.pid)
-            await asyncio.sleep(3.0)
-            cpu_share_idle = (cpu_seconds(process.pid) - idle_before) / 3.0
+async def start_and_rest(
+    session: aiohttp.ClientSession, process: Process, names: list[str], grid: bool
+) -> float:
+    began = time.perf_counter()
+    await start_all(session, process, names)
+    await wait_resting(session, process.base, names, within=60 + len(names) * 0.1, grid=grid)
+    return time.perf_counter() - began
 
-            runs: list[dict[str, Any]] = []
-            resting_per_run: list[int] = []
-            restart_seconds: list[float] = []
-            for _ in range(repeats):
-                before = await status(session, process.base)
-                orders = [b["open_orders"] for b in before["bots"]]
-                if min(orders) <= 0 or before["kill_switch_active"]:
-                    raise SystemExit("a bot has no resting order before an activation")
-                resting_per_run.append(sum(orders))
-                print(f"activation {len(runs) + 1}", file=sys.stderr)
-                runs.append(await activation(session, poller, process))
-                code, reply = await post(
-                    session, process.base + "/kill-switch",
-                    {"action": "force_override", "reason": "bench", "approved_by": "bench"},
-                    process.admin,
-                )
-                if code != 200:
-                    raise SystemExit(f"force_override answered {code}: {reply}")
-                began = time.perf_counter()
-                await start_all(session, process, names)
-                await wait_resting(session, process.base, within=60 + bots * 0.1)
-                restart_seconds.append(time.perf_counter() - began)
-            rss = rss_mib_of(process.pid)
-    polls = [p for run in runs for p in run["poll_ms"]]
+
+async def activations(
+    session: aiohttp.ClientSession,
+    process: Process,
+    names: list[str],
+    repeats: int,
+    grid: bool,
+) -> dict[str, Any]:
+    """Start `names`, then `repeats` times: activate, time it, lift, start them again."""
+    first_start = await start_and_rest(session, process, names, grid)
+    await asyncio.sleep(2.0)  # every bot ticking at its own phase
+    idle_before = cpu_seconds(process.pid)
+    await asyncio.sleep(2.0)
+    cpu_share = (cpu_seconds(process.pid) - idle_before) / 2.0
+    runs: list[dict[str, Any]] = []
+    resting: list[int] = []
+    restarts: list[float] = []
+    for n in range(repeats):
+        resting.append(await open_orders(session, process.base, names))
+        print(f"activation {n + 1} ({len(names)} bots, {resting[-1]} orders open)",
+              file=sys.stderr)
+        runs.append(await activation(session, process))
+        code, reply = await post(
+            session, process.base + "/kill-switch",
+            {"action": "force_override", "reason": "bench", "approved_by": "bench"},
+            process.admin,
+        )
+        if code != 200:
+            raise SystemExit(f"force_override answered {code}: {reply}")
+        if n + 1 < repeats:
+            restarts.append(await start_and_rest(session, process, names, grid))
     return {
-        "bots": bots,
-        "tick_interval_seconds": tick,
+        "bots": len(names),
         "activations": len(runs),
-        "resting_orders_before_each_activation_min": min(resting_per_run),
-        "resting_orders_at_start": resting,
-        "status_bytes": status_bytes,
-        "a_gate_closed_and_durable_ms": "not measured from outside (see the script's docstring)",
+        "orders_open_before_each_activation_min": min(resting),
+        "coordinator_cpu_share_before_activations": round(cpu_share, 3),
+        "request_to_activate_called_ms": summary([r["to_activate_ms"] for r in runs]),
+        "a_gate_closed_ms": summary([r["a_gate_closed_ms"] for r in runs]),
+        "a_gate_closed_and_durable_ms": summary([r["a_durable_ms"] for r in runs]),
         "b_http_answer_ms": summary([r["answer_ms"] for r in runs]),
-        "c_every_bot_stopped_ms": summary([r["all_stopped_ms"] for r in runs]),
-        "d_every_order_cancelled_ms": summary([r["all_cancelled_ms"] for r in runs]),
-        "status_polls_per_activation_p50": percentile([r["polls"] for r in runs], 0.5),
-        "status_poll_ms_p50": round(percentile(polls, 0.5), 2),
-        "status_poll_ms_p99": round(percentile(polls, 0.99), 2),
-        "coordinator_cpu_share_before_activations": round(cpu_share_idle, 3),
-        "coordinator_rss_mib_end": round(rss, 1),
-        "start_all_bots_seconds_first": round(start_seconds, 2),
-        "restart_and_rest_again_seconds_p50": round(percentile(restart_seconds, 0.5), 2),
+        "c_d_every_bot_stopped_every_order_cancelled_ms": summary(
+            [r["halt_completed_ms"] for r in runs]
+        ),
+        "start_all_seconds_first": round(first_start, 2),
+        "restart_and_rest_again_seconds_p50": round(percentile(restarts, 0.5), 2)
+        if restarts else None,
     }
 
 
-async def run(bot_counts: list[int], repeats: int, tick: float) -> dict[str, Any]:
+async def open_orders(session: aiohttp.ClientSession, base: str, names: list[str]) -> int:
+    async with session.get(base + "/status", params={"view": "summary"}) as response:
+        bots = json.loads(await response.read())["bots"]
+    wanted = set(names)
+    return sum(b["open_orders"] for b in bots if b["name"] in wanted)
+
+
+async def bench_counts(bot_counts: list[int], repeats: int, tick: float) -> list[dict[str, Any]]:
+    """One coordinator process with max(bot_counts) grid bots configured; each run starts
+    the first N of them (the others stay stopped)."""
+    configured = max(bot_counts)
     results = []
-    for bots in bot_counts:
-        print(f"kill switch: {bots} bots, tick {tick} s, {repeats} activations", file=sys.stderr)
-        results.append(await bench_one(bots, repeats, tick))
-    return {"benchmark": "kill_switch", "runs": results, "machine": machine()}
+    with coordinator_process(lambda d: make_grid_config(d, configured, tick)) as process:
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await process.ready(session)
+            names = [b["name"] for b in (await status(session, process.base))["bots"]]
+            for bots in sorted(bot_counts):
+                print(f"kill switch: {bots} grid bots, tick {tick} s", file=sys.stderr)
+                result = await activations(session, process, names[:bots], repeats, grid=True)
+                results.append({"tick_interval_seconds": tick, "bots_configured": configured,
+                                **result, "coordinator_rss_mib": round(rss_mib_of(process.pid), 1)})
+                await stop_all(session, process, names[:bots])
+    return results
+
+
+async def bench_busy(bots: int, repeats: int) -> dict[str, Any]:
+    """The shipped mix (half DCA buying every 2 s, half grid), 1 s ticks, global limits lifted:
+    at 1,000 bots the process runs at ~80 % of a core and its loop lags (docs/benchmarks.md)."""
+    with coordinator_process(lambda d: make_mix_config(d, bots)) as process:
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await process.ready(session)
+            names = [b["name"] for b in (await status(session, process.base))["bots"]]
+            print(f"kill switch: {bots} bots of the shipped mix (busy loop)", file=sys.stderr)
+            result = await activations(session, process, names, repeats, grid=False)
+            rss = rss_mib_of(process.pid)
+    return {"mix": "shipped (dca + grid)", "tick_interval_seconds": 1.0, **result,
+            "coordinator_rss_mib": round(rss, 1)}
+
+
+def make_mix_config(directory: Path, bots: int) -> Path:
+    make_config(directory, bots, 1.0, unlimited=True)
+    limits = json.loads((directory / "bot-limits.json").read_text())
+    limits["defaults"]["max_orders_per_minute"] = 10_000
+    limits["defaults"]["max_open_orders"] = 1000
+    (directory / "bot-limits.json").write_text(json.dumps(limits))
+    kill = json.loads((directory / "kill-switch.json").read_text())
+    kill["activation_limit"] = {"max_activations": 100, "window_minutes": 1}
+    kill["triggers"]["max_daily_loss"] = 10**9  # the DCA bots' spending is not a loss to stop
+    (directory / "kill-switch.json").write_text(json.dumps(kill))
+    recovery = json.loads((directory / "recovery-settings.json").read_text())
+    recovery["recovery"]["cooldown_period_minutes"] = 0
+    (directory / "recovery-settings.json").write_text(json.dumps(recovery))
+    return directory
+
+
+async def stop_all(session: aiohttp.ClientSession, process: Process, names: list[str]) -> None:
+    gate = asyncio.Semaphore(64)
+
+    async def one(name: str) -> None:
+        async with gate:
+            await post(session, process.base + "/stop", {"bot": name}, process.token)
+
+    await asyncio.gather(*(one(name) for name in names))
+
+
+async def run(
+    bot_counts: list[int], repeats: int, tick: float, busy: int | None = None
+) -> dict[str, Any]:
+    results = await bench_counts(bot_counts, repeats, tick) if bot_counts else []
+    busy_runs = [await bench_busy(busy, repeats)] if busy else []
+    return {"benchmark": "kill_switch", "runs": results, "busy_loop_runs": busy_runs,
+            "machine": machine()}
 
 
 def main() -> None:
@@ -357,9 +432,12 @@ def main() -> None:
     parser.add_argument("--bots", default="10,100", help="comma-separated bot counts")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--tick", type=float, default=1.0, help="tick interval of every bot")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="also N bots of the shipped mix (orders flowing, a busy loop)")
     args = parser.parse_args()
     counts = [int(part) for part in args.bots.split(",") if part.strip()]
-    print(json.dumps(asyncio.run(run(counts, args.repeats, args.tick)), indent=2))
+    print(json.dumps(asyncio.run(run(counts, args.repeats, args.tick, args.busy or None)),
+                     indent=2))
 
 
 if __name__ == "__main__":

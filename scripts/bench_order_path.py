@@ -179,7 +179,9 @@ async def one_run(args: argparse.Namespace, group_commit: bool) -> dict[str, Any
             before = coordinator.store.stats.as_dict()
             ceiling = await closed_loop(gateways, args.seconds)
             middle = coordinator.store.stats.as_dict()
-            at_rate = await open_loop(gateways, args.rate, args.seconds)
+            at_rate: dict[str, Any] = {"outcomes": {}}
+            if args.rate > 0:
+                at_rate = await open_loop(gateways, args.rate, args.seconds)
             after = coordinator.store.stats.as_dict()
             sent = ceiling["outcomes"].get("sent", 0) + at_rate["outcomes"].get("sent", 0)
             counted = sum(ceiling["outcomes"].values()) + sum(at_rate["outcomes"].values())
@@ -192,13 +194,14 @@ async def one_run(args: argparse.Namespace, group_commit: bool) -> dict[str, Any
         return round((b["jobs"] - a["jobs"]) / commits, 1) if commits else 0.0
 
     ceiling["jobs_per_commit"] = per_commit(before, middle)
-    at_rate["jobs_per_commit"] = per_commit(middle, after)
+    if args.rate > 0:
+        at_rate["jobs_per_commit"] = per_commit(middle, after)
     if in_journal != counted:
         raise SystemExit(f"{counted} orders submitted but {in_journal} in the journal")
     return {
         "group_commit": group_commit,
         "ceiling": ceiling,
-        "at_rate": at_rate,
+        "at_rate": at_rate if args.rate > 0 else None,
         "orders_sent": sent,
         "orders_in_journal": in_journal,
     }
@@ -212,7 +215,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bots", type=int, default=100, help="bots, one order in flight each")
     parser.add_argument("--seconds", type=float, default=10.0, help="each phase's length")
-    parser.add_argument("--rate", type=float, default=1000.0, help="open loop: orders/s")
+    parser.add_argument(
+        "--rate", type=float, default=1000.0, help="open loop: orders/s (0: no open loop)"
+    )
     parser.add_argument(
         "--no-group-commit", action="store_true", help="only the run with one job per commit"
     )

@@ -123,6 +123,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             *(coordinator.supervisor.start(name) for name in coordinator.supervisor.runners)
         )
         start_seconds = time.perf_counter() - started
+        ticks_at_start = sum(r.stats.ticks for r in coordinator.supervisor.runners.values())
+        if args.warmup:
+            await asyncio.sleep(args.warmup)  # every bot past its first tick, at its phase
+        ticks_before = {
+            name: r.stats.ticks for name, r in coordinator.supervisor.runners.items()
+        }
 
         stop = asyncio.Event()
         lags: list[float] = []
@@ -148,7 +154,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stats = coordinator.store.stats.as_dict()
         status = coordinator.status()
         states = {b["state"] for b in status["bots"]}
-        ticks = [b["ticks"] for b in status["bots"]]
+        ticks = [b["ticks"] - ticks_before[b["name"]] for b in status["bots"]]
         rss_running = rss_mib()
 
         burst = await measure_safety_write_behind_backlog(coordinator, args.burst)
@@ -166,7 +172,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "group_commit": not args.no_group_commit,
             "bot_states": sorted(states),
             "restarts": sum(b["restarts"] for b in status["bots"]),
-            "ticks_total": sum(ticks),
+            "warmup_seconds": args.warmup,
+        "ticks_during_warmup": sum(ticks_before.values()) - ticks_at_start,
+        "ticks_total": sum(ticks),
             "ticks_per_bot_min": min(ticks),
             "ticks_per_bot_expected": round(args.seconds / args.tick),
             "orders_total": sum(b["orders"] for b in status["bots"]),
@@ -230,6 +238,10 @@ def main() -> None:
     parser.add_argument("--bots", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--tick", type=float, default=1.0, help="tick interval of every bot")
+    parser.add_argument(
+        "--warmup", type=float, default=0.0,
+        help="seconds between starting every bot and measuring (ticks, lag, writes)",
+    )
     parser.add_argument(
         "--no-group-commit",
         action="store_true",

@@ -150,7 +150,7 @@ async def get_alerts(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition (prometheus-client)."""
-    body = request.app[COORDINATOR].metrics.render()
+    body = await request.app[COORDINATOR].metrics.render_cooperatively()
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE
     return response

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -13,6 +15,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from bots.gateway import BotIdentity, FailureClass
@@ -119,6 +122,15 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    async def render_cooperatively(self) -> bytes:
+        """`render`, with only the reading of the figures on the event loop: at 1,000 bots the
+        exposition is ~28,000 lines and ~400 ms of formatting, which on the loop would stall
+        every bot and the kill switch for a scrape's length. The figures are read here, at
+        one instant; the text is written in a worker thread (sharing the GIL with the loop in
+        short slices, not holding the loop)."""
+        families = list(self.registry.collect())
+        return await asyncio.to_thread(generate_latest, _Collected(families))
+
     # -- OrderObserver ----------------------------------------------------------------------------
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -155,3 +167,13 @@ class Metrics:
 
     def committed(self, seconds: float, safety: bool) -> None:
         self._child(self.commit_seconds, "safety" if safety else "normal").observe(seconds)
+
+
+class _Collected:
+    """Metric families read already, in the shape `generate_latest` asks of a registry."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)

@@ -5,6 +5,7 @@ webhook sink, and resolves once the window has moved past the failures."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from coordinator.api.app import make_app
 from coordinator.api.auth import ControlToken
 from coordinator.config import load_config
+from coordinator.metrics import registry as metrics_registry
 from coordinator.runtime import Coordinator
 from tests.support_config import eventually, write_fast_config
 
@@ -125,6 +127,25 @@ async def test_metrics_parse_and_show_the_bots_breakers_and_kill_switch(
     assert value(found, "bot_coordinator_breaker_state", breaker="global", state="closed") == 1
     assert value(found, "bot_coordinator_bot_balance", bot="ndax", asset="CAD") is not None
     assert value(found, "bot_coordinator_bot_pnl", bot="kraken", currency="AUD", kind="total") == 0
+
+
+async def test_the_scrape_reads_the_figures_on_the_loop_and_writes_the_text_off_it(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written_in: list[str] = []
+    real = metrics_registry.generate_latest
+
+    def spy(source: Any) -> bytes:
+        written_in.append(threading.current_thread().name)
+        return real(source)
+
+    monkeypatch.setattr(metrics_registry, "generate_latest", spy)
+    off_loop = await coordinator.metrics.render_cooperatively()
+    on_loop = coordinator.metrics.render()
+
+    assert samples(off_loop.decode()) == samples(on_loop.decode())
+    assert written_in[0] != threading.current_thread().name  # a worker thread
+    assert written_in[1] == threading.current_thread().name
 
 
 async def test_request_durations_are_labelled_by_route_template_never_by_raw_path(
