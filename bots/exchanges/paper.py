@@ -11,13 +11,20 @@ Money rules:
 - Market fill prices are rounded against the trader (buys up, sells down) to `price_decimals`.
 - A request whose amount or price has more decimals than the venue accepts is refused, not
   rounded: the journal must hold exactly what the exchange holds.
+
+Memory is bounded, as a long-running paper bot needs: the newest `KEEP_CLOSED_ORDERS` closed
+orders and `KEEP_TRADES` trades are kept (open orders always). A fill is seen by the bot in the
+same sync that made it, so an order is long known closed when it is forgotten; forgetting a
+trade moves `history_since`, so reconciliation compares only what the venue still knows (as
+with a real venue's history limit). Before this a paper bot grew ~1 KB per order for ever.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 
 from bots.errors import (
@@ -54,6 +61,10 @@ def _fits_decimals(value: Decimal, decimals: int) -> bool:
     exponent = value.normalize().as_tuple().exponent
     return isinstance(exponent, int) and exponent >= -decimals
 
+
+KEEP_CLOSED_ORDERS = 500  # closed orders kept for fetch_order, per paper account
+KEEP_TRADES = 2000  # trades kept for fetch_my_trades, per paper account
+_MICROSECOND = timedelta(microseconds=1)
 
 @dataclass(slots=True)
 class _Order:
@@ -132,7 +143,8 @@ class PaperExchange:
         self._market: MarketSnapshot | None = None
         self._order_seq = 0
         self._trade_seq = 0
-        self._trade_log: list[AccountTrade] = []  # every fill, in the order it happened
+        self._trade_log: deque[AccountTrade] = deque()  # the newest fills, oldest first
+        self._closed: deque[int] = deque()  # closed orders still kept, oldest first
         self._reject_next = 0
         self._reject_reason = ""
         self._fail_next = 0
@@ -341,7 +353,10 @@ class PaperExchange:
         order.status = status
         order.reason = reason
         order.reserved = Decimal(0)
-        self._open.pop(order.client_order_id, None)
+        if self._open.pop(order.client_order_id, None) is not None:
+            self._closed.append(order.client_order_id)
+            while len(self._closed) > KEEP_CLOSED_ORDERS:
+                self._orders.pop(self._closed.popleft(), None)
 
     def _fill_amount(self, order: _Order) -> Decimal:
         if self._partial_ratio == 1:
@@ -387,6 +402,10 @@ class PaperExchange:
                 trade,
             )
         )
+        while len(self._trade_log) > KEEP_TRADES:
+            forgotten = self._trade_log.popleft().trade.timestamp + _MICROSECOND
+            if self.history_since is None or forgotten > self.history_since:
+                self.history_since = forgotten  # trades up to the forgotten one are unknown now
         order.filled += amount
         if order.remaining <= 0:
             self._close(order, ExchangeOrderStatus.CLOSED)

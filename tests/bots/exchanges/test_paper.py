@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
 from bots.errors import ExchangeError, OrderNotFound, OrderRejected, TransientExchangeError
+from bots.exchanges import paper as paper_module
 from bots.exchanges.base import ExchangeAdapter
 from bots.exchanges.paper import PARTIAL_FILL_REASON, PaperExchange
 from bots.models import (
@@ -465,3 +466,39 @@ async def test_missing_assets_start_at_zero() -> None:
         "AUD": (D(0), D(0)),
     }
     await ex.close()
+
+
+# ----- memory: a long-running paper account forgets what no one asks for any more ------------
+
+
+async def test_only_the_newest_closed_orders_are_kept_and_open_ones_always(
+    ex: PaperExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(paper_module, "KEEP_CLOSED_ORDERS", 3)
+    await ex.create_order(limit(1, Side.BUY, "0.01", "90"))  # rests: never forgotten
+    for cid in range(2, 8):
+        await ex.create_order(market(cid, Side.BUY, "0.01"))  # fills and closes at once
+
+    for cid in (2, 3, 4):
+        with pytest.raises(OrderNotFound):
+            await ex.fetch_order(cid, "BTC/AUD")
+    assert [(await ex.fetch_order(c, "BTC/AUD")).filled for c in (5, 6, 7)] == [D("0.01")] * 3
+    assert (await ex.fetch_order(1, "BTC/AUD")).status is ExchangeOrderStatus.OPEN
+
+
+async def test_forgotten_trades_move_the_start_of_the_history_the_venue_knows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(paper_module, "KEEP_TRADES", 2)
+    seconds = iter(range(100))
+    ex = make_exchange(clock=lambda: FIXED + timedelta(seconds=next(seconds)))
+    await ex.on_market(snap("99.90", "100.10"))
+    began = ex.history_since
+    for cid in range(1, 5):
+        await ex.create_order(market(cid, Side.BUY, "0.01"))
+
+    trades = await ex.fetch_my_trades("BTC/AUD")
+    assert [t.client_order_id for t in trades] == [3, 4]
+    assert ex.history_since is not None
+    assert began is not None
+    assert began < ex.history_since <= trades[0].trade.timestamp
