@@ -12,10 +12,13 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from bots.errors import TransientExchangeError
 from bots.exchanges.ccxt_adapter import CcxtExchange, make_private_exchange, point_client_at
@@ -45,6 +48,18 @@ from coordinator.wiring import PublicExchanges, build_bot_parts
 log = logging.getLogger(__name__)
 
 DATABASE_FILE = "coordinator.db"
+
+
+@dataclass(slots=True)
+class _BotDocument:
+    """A bot's cached status document, what it was built from, and its JSON once asked for."""
+
+    book: Any
+    stats: Any
+    config: Any
+    key: tuple[Any, ...]
+    document: dict[str, Any]
+    json: bytes | None = None
 
 
 # The fields of each bot in `status_summary()`.
@@ -90,8 +105,7 @@ class Coordinator:
         self.next_reconciliation_at: datetime | None = None
         # Cancellations a kill switch started and did not finish before answering.
         self._background: set[asyncio.Task[Any]] = set()
-        # bot -> (book, tick stats, config, what the document shows, the document)
-        self._bot_documents: dict[str, tuple[Any, Any, Any, tuple[Any, ...], dict[str, Any]]] = {}
+        self._bot_documents: dict[str, _BotDocument] = {}
         self.kill_switch.halt = self.halt_all
         self.kill_switch.halt_progress = self._halt_progress
 
@@ -555,13 +569,30 @@ class Coordinator:
     def status(self, bot: str | None = None) -> dict[str, Any]:
         """Everything an operator assesses; with `bot`, the same document holding that one bot
         (UnknownBot when there is none)."""
-        runners = (
-            [self.supervisor.runner(bot)] if bot is not None else self.supervisor.runners.values()
-        )
+        return self._status(self._runners(bot), lambda rs: [self.bot_status(r) for r in rs])
+
+    def status_json(self, bot: str | None = None) -> bytes:
+        """`status()` as JSON, each bot's part serialised once per change of its document."""
+
+        def bots(runners: list[BotRunner]) -> orjson.Fragment:
+            parts = b",".join(self.bot_status_json(r) for r in runners)
+            return orjson.Fragment(b"[" + parts + b"]")
+
+        document = self._status(self._runners(bot), bots)
+        return orjson.dumps(document, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+    def _runners(self, bot: str | None) -> list[BotRunner]:
+        if bot is not None:
+            return [self.supervisor.runner(bot)]
+        return list(self.supervisor.runners.values())
+
+    def _status(
+        self, runners: list[BotRunner], bots: Callable[[list[BotRunner]], Any]
+    ) -> dict[str, Any]:
         return {
             "kill_switch_active": self.kill_switch.active,
             "kill_switch": self.kill_switch.status(),
-            "bots": [self.bot_status(r) for r in runners],
+            "bots": bots(runners),
             "circuit_breaker": self.safety.status(),
             "exchanges": self.health.status() if self.health is not None else {},
             "backups": self.backups.status() if self.backups is not None else None,
@@ -616,18 +647,25 @@ class Coordinator:
             runner.unresolved_orders,
         )
         cached = self._bot_documents.get(runner.name)
-        if cached is not None:
-            cached_book, cached_stats, cached_config, cached_key, document = cached
-            if (
-                cached_book is book
-                and cached_stats is stats
-                and cached_config is config
-                and cached_key == key
-            ):
-                return document
+        if (
+            cached is not None
+            and cached.book is book
+            and cached.stats is stats
+            and cached.config is config
+            and cached.key == key
+        ):
+            return cached.document
         document = self._build_bot_status(runner)
-        self._bot_documents[runner.name] = (book, stats, config, key, document)
+        self._bot_documents[runner.name] = _BotDocument(book, stats, config, key, document)
         return document
+
+    def bot_status_json(self, runner: BotRunner) -> bytes:
+        """`bot_status` as JSON, serialised once per change of the document."""
+        document = self.bot_status(runner)
+        cached = self._bot_documents[runner.name]
+        if cached.json is None:
+            cached.json = orjson.dumps(document, default=str, option=orjson.OPT_NON_STR_KEYS)
+        return cached.json
 
     def _build_bot_status(self, runner: BotRunner) -> dict[str, Any]:
         book = runner.parts.book

@@ -124,14 +124,18 @@ async def get_status(request: web.Request) -> web.Response:
         if bot is not None:
             raise BadRequest("view: 'summary' covers every bot; leave out bot=")
         return fast_json(coordinator.status_summary())
-    return fast_json(coordinator.status(bot))
+    return json_body(coordinator.status_json(bot))
 
 
 async def get_bot(request: web.Request) -> web.Response:
     """One bot's status document, as it appears in /status."""
     coordinator = request.app[COORDINATOR]
     runner = coordinator.supervisor.runner(request.match_info["name"])
-    return fast_json(coordinator.bot_status(runner))
+    return json_body(coordinator.bot_status_json(runner))
+
+
+def json_body(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
 
 
 async def get_health(request: web.Request) -> web.Response:

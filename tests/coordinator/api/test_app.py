@@ -446,10 +446,10 @@ async def test_an_exception_in_a_handler_is_a_500_with_a_ref_and_no_traceback(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def broken_status() -> dict[str, Any]:
+    def broken_status(bot: str | None = None) -> bytes:
         raise RuntimeError("secret internals /etc/passwd")
 
-    monkeypatch.setattr(coordinator, "status", broken_status)
+    monkeypatch.setattr(coordinator, "status_json", broken_status)
 
     with caplog.at_level(logging.ERROR, logger="coordinator.api.errors"):
         response = await client.get("/status")
