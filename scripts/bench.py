@@ -265,7 +265,9 @@ async def bench_kill(quick: bool) -> dict[str, Any]:
 # -- soak ----------------------------------------------------------------------------------------
 
 
-async def soak_run(bots: int, minutes: float, every: float) -> dict[str, Any]:
+async def soak_run(
+    bots: int, minutes: float, every: float, warmup_minutes: float = 10.0
+) -> dict[str, Any]:
     from coordinator.config import load_config
     from coordinator.runtime import Coordinator
 
@@ -310,8 +312,15 @@ async def soak_run(bots: int, minutes: float, every: float) -> dict[str, Any]:
         await coordinator.close()
     warm = samples[1:] or samples
     rss_growth = (samples[-1]["rss_mib"] - warm[0]["rss_mib"]) / warm[0]["rss_mib"]
+    # Warmed up: each paper account holds its most (200 closed orders, 500 trades: a DCA bot
+    # gets there in ~8 minutes) and the breakers' windows are full.
+    settled = [x for x in samples if x["minute"] >= warmup_minutes] or samples[-1:]
+    settled_growth = (samples[-1]["rss_mib"] - settled[0]["rss_mib"]) / settled[0]["rss_mib"]
     return {
         "bots": bots,
+        "warmup_minutes": warmup_minutes,
+        "rss_growth_after_warmup_percent": round(100 * settled_growth, 2),
+        "rss_mib_after_warmup_first_last": [settled[0]["rss_mib"], samples[-1]["rss_mib"]],
         "minutes": round(wall / 60, 1),
         "bot_states_at_end": states,
         "cpu_percent_of_one_core": round(100 * cpu / wall, 1),
