@@ -397,7 +397,10 @@ async def test_fee_is_rounded_down_to_eight_decimals() -> None:
     assert order.trades[0].fee == D("0.00000002")  # 0.0000110889 * 0.0026 = 0.0000000288...
 
 
-async def test_random_trading_never_overdraws_and_balances_add_up() -> None:
+async def test_random_trading_never_overdraws_and_balances_add_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(paper_module, "KEEP_CLOSED_ORDERS", 10_000)  # every order, to add up
     rng = random.Random(5)
     ex = make_exchange(aud="1000", btc="10", fee_rate=D("0.0026"), slippage_bps=D(15))
     price = D(100)
