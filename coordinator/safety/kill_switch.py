@@ -121,6 +121,8 @@ class KillSwitch:
         # Activations in the limit's window, oldest first: loaded at start, then kept here so
         # an activation does not wait for a read of the store before it answers.
         self._activation_times: deque[datetime] = deque()
+        self._epoch = 0  # moves at every activation, so a lift in flight can tell
+        self._lifting = False  # a lift's write is under way
         self._window = timedelta(minutes=config.activation_limit.window_minutes)
         # Where the latest activation's time went (time.monotonic(), comparable across
         # processes on one machine): call, gate closed, state durable, halt completed.
@@ -173,7 +175,10 @@ class KillSwitch:
         it was written (not when the switch was active already: nothing was written)."""
         called = time.monotonic()
         now = self.clock()
-        already = self.state.active
+        self._epoch += 1  # a lift whose write is under way sees it and does not lift
+        # Active, unless a lift is being written: then this activation is a new one, written
+        # after the lift's write (one writer thread, in order), so the disk ends active too.
+        already = self.state.active and not self._lifting
         try:
             if not already:
                 self._timing = {"called": called, "gate_closed": None, "durable": None}
@@ -291,7 +296,20 @@ class KillSwitch:
             "at": iso(now),
         }
         new_state = replace(KillSwitchState(), last_lifted=lifted)
-        await self.journal.save_safety_state(STATE_KEY, new_state.to_json(), now)
+        epoch = self._epoch
+        self._lifting = True
+        try:
+            await self.journal.save_safety_state(STATE_KEY, new_state.to_json(), now)
+        finally:
+            self._lifting = False
+        if self._epoch != epoch:
+            # The switch was activated while the lift was being written: the activation wins.
+            # Its own write most likely went after this one; whichever order they committed
+            # in, the active state is written once more, last.
+            log.warning("kill switch lift (%s) by %s abandoned: activated meanwhile", kind, actor)
+            await self.journal.save_safety_state(STATE_KEY, self.state.to_json(), self.clock())
+            raise Conflict("the kill switch was activated while it was being lifted; it stays "
+                           "active")
         self.state = new_state  # only once it is durable: a failed write leaves it active
         log.warning(
             "kill switch lifted (%s) by %s%s: %s",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -262,3 +263,43 @@ async def test_status_says_how_long_each_step_of_the_latest_activation_took(rig:
     assert during["halt_completed_ms"] is None  # the answer did not wait for the halt
     assert after["halt_completed_ms"] >= during["durable_ms"]
     assert after["called_monotonic"] <= time.monotonic()
+
+
+async def test_an_activation_while_a_lift_is_being_written_wins(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await rig.switch.activate("first", "ops", Trigger.MANUAL)
+    lift_written = asyncio.Event()
+    release = asyncio.Event()
+    real = rig.journal.save_safety_state
+
+    async def slow_lift(key: str, value: Any, at: datetime, also: Any = ()) -> None:
+        if not value["active"]:
+            await release.wait()  # the lift's write is under way
+            await real(key, value, at, also)
+            lift_written.set()
+            return
+        await real(key, value, at, also)
+
+    monkeypatch.setattr(rig.journal, "save_safety_state", slow_lift)
+    lifting = asyncio.create_task(rig.switch.force_override("all clear", "admin", "risk"))
+    await asyncio.sleep(0)
+
+    answer = await asyncio.wait_for(
+        asyncio.gather(rig.switch.activate("second", "ops", Trigger.MANUAL), _later(release)),
+        timeout=5,
+    )
+    with pytest.raises(Conflict, match="activated while it was being lifted"):
+        await lifting
+
+    assert answer[0]["already_active"] is False  # a new activation, not swallowed
+    assert lift_written.is_set()
+    assert rig.switch.active is True
+    stored = await rig.journal.load_safety_state()
+    assert stored["kill_switch"]["active"] is True
+    assert stored["kill_switch"]["reason"] == "second"
+
+
+async def _later(event: asyncio.Event) -> None:
+    await asyncio.sleep(0.01)
+    event.set()
