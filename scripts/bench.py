@@ -312,8 +312,8 @@ async def soak_run(
         await coordinator.close()
     warm = samples[1:] or samples
     rss_growth = (samples[-1]["rss_mib"] - warm[0]["rss_mib"]) / warm[0]["rss_mib"]
-    # Warmed up: each paper account holds its most (200 closed orders, 500 trades: a DCA bot
-    # gets there in ~8 minutes) and the breakers' windows are full.
+    # Warmed up: each paper account holds its most (200 closed orders, 200 trades: a DCA bot
+    # gets there in ~7 minutes) and the breakers' windows are full.
     settled = [x for x in samples if x["minute"] >= warmup_minutes] or samples[-1:]
     settled_growth = (samples[-1]["rss_mib"] - settled[0]["rss_mib"]) / settled[0]["rss_mib"]
     return {

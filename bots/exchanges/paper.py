@@ -63,7 +63,7 @@ def _fits_decimals(value: Decimal, decimals: int) -> bool:
 
 
 KEEP_CLOSED_ORDERS = 200  # closed orders kept for fetch_order, per paper account
-KEEP_TRADES = 500  # trades kept for fetch_my_trades, per paper account
+KEEP_TRADES = 200  # trades kept for fetch_my_trades, per paper account
 _MICROSECOND = timedelta(microseconds=1)
 
 @dataclass(slots=True)
