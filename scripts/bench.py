@@ -271,6 +271,28 @@ async def bench_kill(quick: bool) -> dict[str, Any]:
 # -- soak ----------------------------------------------------------------------------------------
 
 
+def soak_config(directory: Path, bots: int) -> Path:
+    """The shipped mix, global limits lifted, with money for 30 minutes and more: each DCA bot
+    spends 25 CAD every 2 s (its 10,000 would last 13 minutes), and nothing the bots do by
+    design trips the kill switch (the DCA half's fees and the market's drift are a "loss" of
+    ~2,000 AUD in about 11 minutes): the soak measures the process, not the triggers."""
+    make_config(directory, bots, 1.0, unlimited=True)
+    listing = json.loads((directory / "bots.json").read_text())
+    for entry in listing["bots"]:
+        balances = entry["paper"]["initial_balances"]
+        for asset in balances:
+            balances[asset] = balances[asset] * 100
+    (directory / "bots.json").write_text(json.dumps(listing))
+    kill = json.loads((directory / "kill-switch.json").read_text())
+    kill["triggers"]["max_daily_loss"] = 10**9
+    kill["triggers"]["max_drawdown_pct"] = 100
+    (directory / "kill-switch.json").write_text(json.dumps(kill))
+    limits = json.loads((directory / "bot-limits.json").read_text())
+    limits["defaults"]["max_daily_loss"] = 10**9
+    (directory / "bot-limits.json").write_text(json.dumps(limits))
+    return directory
+
+
 async def soak_run(
     bots: int, minutes: float, every: float, warmup_minutes: float = 10.0
 ) -> dict[str, Any]:
@@ -282,7 +304,7 @@ async def soak_run(
         (root / "config").mkdir()
         (root / "data").mkdir()
         config = await asyncio.to_thread(
-            lambda: load_config(make_config(root / "config", bots, 1.0, unlimited=True))
+            lambda: load_config(soak_config(root / "config", bots))
         )
         coordinator = await Coordinator.open(config, root / "data")
         await asyncio.gather(
@@ -315,6 +337,7 @@ async def soak_run(
         stop.set()
         await sampler
         states = sorted({b["state"] for b in coordinator.status()["bots"]})
+        kill_switch_active = coordinator.kill_switch.active
         await coordinator.close()
     warm = samples[1:] or samples
     rss_growth = (samples[-1]["rss_mib"] - warm[0]["rss_mib"]) / warm[0]["rss_mib"]
@@ -329,6 +352,7 @@ async def soak_run(
         "rss_mib_after_warmup_first_last": [settled[0]["rss_mib"], samples[-1]["rss_mib"]],
         "minutes": round(wall / 60, 1),
         "bot_states_at_end": states,
+        "kill_switch_active_at_end": kill_switch_active,
         "cpu_percent_of_one_core": round(100 * cpu / wall, 1),
         "rss_growth_after_first_sample_percent": round(100 * rss_growth, 2),
         "open_fds_first_last": [warm[0]["open_fds"], samples[-1]["open_fds"]],
