@@ -138,9 +138,13 @@ class _WriterThread:
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn(conn)`, run in the writer's thread; its result or its exception."""
+        return await self.submit(fn)
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """`fn(conn)` queued for the writer's thread; a future of the running loop for it."""
         if self._closed:
             raise StoreClosed("the store writer is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._conn)
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, self._conn)
 
     async def close(self) -> None:
         """Close the connection (in its thread), then stop the thread. Idempotent."""
@@ -186,6 +190,8 @@ class SqliteStore:
         self._reader_conn = reader
         self._lanes: dict[Priority, deque[_Job]] = {p: deque() for p in Priority}
         self._wakeup = asyncio.Event()
+        self._safety_pending: list[_Job] = []  # safety writes waiting for the next commit
+        self._safety_in_flight = False
         self._closing = False
         self._writer_task: asyncio.Task[None] | None = None
         self._max_batch_jobs = max_batch_jobs
@@ -239,20 +245,63 @@ class SqliteStore:
         await future
 
     async def _write_safety(self, statements: Sequence[Write]) -> None:
-        """A safety write goes straight to the writer's thread, in a transaction of its own:
-        it waits for the one batch the thread may be committing, never for the writer task
-        to wake (a turn of a busy event loop) nor for the order writes queued behind it."""
+        """A safety write goes straight to the writer's thread, not through the queue of order
+        writes and the writer task: it waits for at most the one batch the thread may be
+        committing, never for the writer task's turn on a busy event loop. Safety writes that
+        arrive while one is being committed go together in the next commit (a burst of audit
+        entries is a few fsyncs, not one each)."""
+        job = _Job(statements, asyncio.get_running_loop().create_future())
+        self._safety_pending.append(job)
+        if not self._safety_in_flight:
+            self._submit_safety()
+        await job.future
+
+    def _submit_safety(self) -> None:
+        """Commit every pending safety job in one transaction. Driven by callbacks, not by a
+        caller: a caller cancelled mid-commit cannot leave the others waiting."""
+        jobs = list(self._safety_pending)
+        self._safety_pending.clear()
+        try:
+            done = self._writer.submit(partial(_commit_in_thread, [j.statements for j in jobs]))
+        except StoreError as exc:
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        self._safety_in_flight = True
         began = time.perf_counter()
-        outcome = await self._writer.run(partial(_commit_in_thread, [statements]))
-        if outcome.unusable is not None:
-            self._break(outcome.unusable)
-            raise StoreError(f"the store writer failed: {outcome.unusable!r}")
-        error = outcome.errors[0]
-        if error is not None:
-            self.stats.failed_jobs += 1
-            log.error("store write failed and was rolled back: %s", error)
-            raise StoreError(f"write rolled back: {error}")
-        self._count_commit(1, True, time.perf_counter() - began)
+        done.add_done_callback(lambda finished: self._safety_committed(finished, jobs, began))
+
+    def _safety_committed(
+        self, finished: asyncio.Future[_BatchOutcome], jobs: list[_Job], began: float
+    ) -> None:
+        self._safety_in_flight = False
+        failure: Exception | None = None
+        if finished.cancelled():
+            failure = StoreClosed("the safety write was cancelled")
+        elif finished.exception() is not None:
+            failure = StoreError(f"the store writer failed: {finished.exception()!r}")
+        else:
+            outcome = finished.result()
+            for job, error in zip(jobs, outcome.errors, strict=False):
+                if error is None:
+                    if not job.future.done():
+                        job.future.set_result(None)
+                else:
+                    self._fail(job, error)
+            if outcome.unusable is not None:
+                self._break(outcome.unusable)
+                failure = StoreError(f"the store writer failed: {outcome.unusable!r}")
+            else:
+                self._count_commit(len(jobs), True, time.perf_counter() - began)
+        if failure is not None:
+            for job in jobs + list(self._safety_pending):
+                if not job.future.done():
+                    job.future.set_exception(failure)
+            self._safety_pending.clear()
+            return
+        if self._safety_pending:
+            self._submit_safety()
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         async with self._reader_conn.execute(sql, params) as cursor:

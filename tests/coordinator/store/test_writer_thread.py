@@ -227,3 +227,36 @@ async def test_close_closes_the_connection_and_stops_the_thread(tmp_path: Path) 
     assert not thread.is_alive()
     with pytest.raises(StoreClosed):
         await writer.run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+
+async def test_safety_writes_that_arrive_together_share_commits(store: SqliteStore) -> None:
+    before = store.stats.as_dict()
+
+    await asyncio.gather(
+        *(store.write([insert(f"audit-{n}")], Priority.SAFETY) for n in range(50))
+    )
+
+    after = store.stats.as_dict()
+    commits = after["safety_commits"] - before["safety_commits"]
+    assert after["jobs"] - before["jobs"] == 50
+    assert 1 <= commits <= 3  # the first alone, the rest together behind it
+    assert len(await tags(store)) == 50
+
+
+async def test_a_failing_safety_write_fails_alone_and_a_cancelled_caller_strands_no_one(
+    store: SqliteStore,
+) -> None:
+    first = asyncio.ensure_future(store.write([insert("a")], Priority.SAFETY))
+    queued = [
+        asyncio.ensure_future(store.write([insert(tag)], Priority.SAFETY))
+        for tag in ("b", "a", "c")  # the second "a" breaks the UNIQUE tag
+    ]
+    await asyncio.sleep(0)
+    first.cancel()  # its commit goes on in the writer's thread
+
+    results = await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 5)
+
+    assert results[0] is None
+    assert isinstance(results[1], StoreError)
+    assert results[2] is None
+    assert await tags(store) == ["a", "b", "c"]
