@@ -1,27 +1,25 @@
 """Benchmarks of issue 12 (performance at scale), one entry point, one JSON document on stdout.
 
-    .venv/bin/python scripts/bench.py --all --quick     # every sub-benchmark but --soak, small N
-    .venv/bin/python scripts/bench.py --all             # full N
+    .venv/bin/python scripts/bench.py --all             # every sub-benchmark but --soak, < 5 min
+    .venv/bin/python scripts/bench.py --all --quick     # small N
     .venv/bin/python scripts/bench.py --kill-switch --status
     .venv/bin/python scripts/bench.py --soak            # 100 bots for 30 minutes (not in --all)
 
 Sub-benchmarks (each a JSON object with its figures and the machine):
 
 - `--kill-switch`: `scripts/bench_kill_switch.py` against the real coordinator process: N paper
-  grid bots resting orders (N = 10, 100, and 1,000 unless --quick), 20 activations each: (b) the
-  HTTP answer, (c) every bot stopped, (d) every order cancelled, p50/p99/max; then again with a
-  busy loop (100 bots at 0.05 s ticks; and 1,000 bots at 0.2 s ticks unless --quick).
+  grid bots resting orders (N = 10, 100, 1,000; --quick: 10, 100), 20 activations each, and
+  1,000 bots of the shipped mix with orders flowing (the busy loop; --quick: 100): (a) the gate
+  closed and durable (the coordinator's own timing), (b) the HTTP answer, (c)/(d) every bot
+  stopped and every order cancelled, p50/p99/max. Within --all, 5 activations at 1,000 bots.
 - `--status`: the real coordinator process with 100 running paper bots (the shipped mix, global
-  limits lifted) and with 2: `GET /status`, `/health`, `/metrics`, 300 sequential requests on
-  one keep-alive connection (p50/p99/max) and 64 concurrent clients for 10 s (requests/s,
-  p50/p99), with the coordinator's CPU per request.
-- `--scale`: `scripts/bench_paper_bots.py --bots 1000 --seconds 30 --unlimited` (--quick: 100
-  bots, 10 s) in a process of its own.
-- `--order-path`: `bench_paper_bots.py` has no order-path variant and no per-order timing, so
-  this runs it with 100 bots at 0.05 s ticks (the fastest allowed), global limits lifted and the
-  per-bot defaults (60 orders a minute, 10 open orders) lifted too, with and without group
-  commit, and reports orders/s: the rate the strategies asked for and the process carried, not
-  the order path's ceiling.
+  limits lifted): `GET /status`, `?view=summary`, `/bots/{name}`, `/health`, `/metrics`, 300
+  sequential requests on one keep-alive connection (50 for /metrics) and 64 concurrent clients
+  for 5 s, with the coordinator's CPU per request; then /status and /health at 2 bots.
+- `--scale`: `scripts/bench_paper_bots.py --bots 1000 --seconds 30 --unlimited --warmup 5`
+  (--quick: 100 bots, 10 s) in a process of its own.
+- `--order-path`: `scripts/bench_order_path.py` (300 bots, one order in flight each, then 1,000
+  orders/s) with group commit, and its ceiling without.
 - `--soak`: 100 paper bots in this process for 30 minutes (`--soak-minutes`): RSS, open file
   handles (/proc/self/fd), the store's backlog, loop lag, ticks, every minute.
 """
@@ -117,11 +115,11 @@ def bench_scale(quick: bool) -> dict[str, Any]:
     }
 
 
-def bench_order_path(quick: bool) -> dict[str, Any]:
+def bench_order_path(quick: bool, within_all: bool = False) -> dict[str, Any]:
     """scripts/bench_order_path.py in a process of its own: with group commit, the ceiling and
     1,000 orders/s; without, the ceiling only (it cannot carry 1,000/s: its queue would grow
     for the whole run)."""
-    seconds = "5" if quick else "10"
+    seconds = "5" if quick or within_all else "10"
     runs = []
     for extra, label in ((["--group-commit-only"], "group commit"),
                          (["--no-group-commit", "--seconds", "5", "--rate", "0"],
@@ -258,14 +256,17 @@ async def bench_status(quick: bool) -> dict[str, Any]:
 # -- kill switch ---------------------------------------------------------------------------------
 
 
-async def bench_kill(quick: bool) -> dict[str, Any]:
+async def bench_kill(quick: bool, within_all: bool) -> dict[str, Any]:
+    """In --all, 5 activations at 1,000 bots (each restart re-places 6,000 orders, ~7 s) so
+    that --all fits in 5 minutes; --kill-switch alone does 20 at every N."""
     counts, busy = ([10, 100], 100) if quick else ([10, 100, 1000], 1000)
-    result = await bench_kill_switch.run(counts, 20, 1.0, busy)
-    return {
-        "command": f"scripts/bench_kill_switch.py --bots {','.join(map(str, counts))} "
-        f"--repeats 20 --busy {busy}",
-        **result,
-    }
+    at_1000 = 5 if within_all else None
+    result = await bench_kill_switch.run(counts, 20, 1.0, busy, at_1000)
+    command = (f"scripts/bench_kill_switch.py --bots {','.join(map(str, counts))} "
+               f"--repeats 20 --busy {busy}")
+    if at_1000:
+        command += " (5 activations at 1,000 bots)"
+    return {"command": command, **result}
 
 
 # -- soak ----------------------------------------------------------------------------------------
@@ -417,11 +418,11 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if name == "scale":
         return bench_scale(args.quick)
     if name == "order_path":
-        return bench_order_path(args.quick)
+        return bench_order_path(args.quick, args.all)
     if name == "status":
         return asyncio.run(bench_status(args.quick))
     if name == "kill_switch":
-        return asyncio.run(bench_kill(args.quick))
+        return asyncio.run(bench_kill(args.quick, args.all))
     return bench_soak(args.soak_minutes, args.soak_every)
 
 
