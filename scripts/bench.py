@@ -239,7 +239,7 @@ async def status_at(
 
 
 async def bench_status(quick: bool) -> dict[str, Any]:
-    requests, clients, seconds = 300, 64, 5.0
+    requests, clients, seconds = 300, 64, 4.0
     runs = []
     for bots in (100, 2):
         print(f"status: {bots} bots", file=sys.stderr)
