@@ -100,14 +100,20 @@ def make_grid_config(directory: Path, bots: int, tick: float) -> Path:
         entry["feed"]["seed"] = i + 1
         entries.append(entry)
     (directory / "bots.json").write_text(json.dumps({"version": 1, "bots": entries}))
-    # 6 orders per bot per activation: the per-bot default of 60 orders a minute would refuse
-    # the ladders after ~10 activations in a minute (and see the report on what that did).
+    return allow_repeated_activations(directory)
+
+
+def allow_repeated_activations(directory: Path, **triggers: object) -> Path:
+    """Lift what 20+ activations in a row would run into: the per-bot order limits (6 orders
+    per bot per activation: 60 a minute would refuse the ladders after ~10 activations), the
+    activation-count breaker and the cooldown; `triggers` overrides kill-switch triggers."""
     limits = json.loads((directory / "bot-limits.json").read_text())
     limits["defaults"]["max_orders_per_minute"] = 10_000
     limits["defaults"]["max_open_orders"] = 1000
     (directory / "bot-limits.json").write_text(json.dumps(limits))
     kill = json.loads((directory / "kill-switch.json").read_text())
     kill["activation_limit"] = {"max_activations": 100, "window_minutes": 1}
+    kill["triggers"].update(triggers)
     (directory / "kill-switch.json").write_text(json.dumps(kill))
     recovery = json.loads((directory / "recovery-settings.json").read_text())
     recovery["recovery"]["cooldown_period_minutes"] = 0
@@ -397,18 +403,8 @@ async def bench_busy(bots: int, repeats: int) -> dict[str, Any]:
 
 def make_mix_config(directory: Path, bots: int) -> Path:
     make_config(directory, bots, 1.0, unlimited=True)
-    limits = json.loads((directory / "bot-limits.json").read_text())
-    limits["defaults"]["max_orders_per_minute"] = 10_000
-    limits["defaults"]["max_open_orders"] = 1000
-    (directory / "bot-limits.json").write_text(json.dumps(limits))
-    kill = json.loads((directory / "kill-switch.json").read_text())
-    kill["activation_limit"] = {"max_activations": 100, "window_minutes": 1}
-    kill["triggers"]["max_daily_loss"] = 10**9  # the DCA bots' spending is not a loss to stop
-    (directory / "kill-switch.json").write_text(json.dumps(kill))
-    recovery = json.loads((directory / "recovery-settings.json").read_text())
-    recovery["recovery"]["cooldown_period_minutes"] = 0
-    (directory / "recovery-settings.json").write_text(json.dumps(recovery))
-    return directory
+    # the DCA bots' spending is not a loss to stop
+    return allow_repeated_activations(directory, max_daily_loss=10**9)
 
 
 async def stop_all(session: aiohttp.ClientSession, process: Process, names: list[str]) -> None:

@@ -188,7 +188,7 @@ class SqliteStore:
         self.path = path
         self._writer = writer
         self._reader_conn = reader
-        self._lanes: dict[Priority, deque[_Job]] = {p: deque() for p in Priority}
+        self._queue: deque[_Job] = deque()  # order writes, for the writer task's next batch
         self._wakeup = asyncio.Event()
         self._safety_pending: list[_Job] = []  # safety writes waiting for the next commit
         self._safety_in_flight = False
@@ -240,7 +240,7 @@ class SqliteStore:
             await self._write_safety(statements)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._lanes[priority].append(_Job(statements, future))
+        self._queue.append(_Job(statements, future))
         self._wakeup.set()
         await future
 
@@ -283,12 +283,7 @@ class SqliteStore:
             failure = StoreError(f"the store writer failed: {finished.exception()!r}")
         else:
             outcome = finished.result()
-            for job, error in zip(jobs, outcome.errors, strict=False):
-                if error is None:
-                    if not job.future.done():
-                        job.future.set_result(None)
-                else:
-                    self._fail(job, error)
+            self._settle(jobs, outcome)
             if outcome.unusable is not None:
                 self._break(outcome.unusable)
                 failure = StoreError(f"the store writer failed: {outcome.unusable!r}")
@@ -331,7 +326,7 @@ class SqliteStore:
 
     @property
     def backlog(self) -> int:
-        return sum(len(lane) for lane in self._lanes.values())
+        return len(self._queue) + len(self._safety_pending)
 
     async def close(self) -> None:
         """Commit what is queued, stop the writer, close both connections and the writer's
@@ -351,10 +346,9 @@ class SqliteStore:
 
     # -- the writer ------------------------------------------------------------------------------
 
-    def _next_batch(self) -> tuple[list[_Job], bool]:
-        normal = self._lanes[Priority.NORMAL]
-        jobs = [normal.popleft() for _ in range(min(len(normal), self._max_batch_jobs))]
-        return jobs, False
+    def _next_batch(self) -> list[_Job]:
+        queue = self._queue
+        return [queue.popleft() for _ in range(min(len(queue), self._max_batch_jobs))]
 
     async def _write_loop(self) -> None:
         try:
@@ -371,11 +365,11 @@ class SqliteStore:
             "the store writer failed; no further writes are possible: %r", exc, exc_info=exc
         )
         self._broken = exc
-        for lane in self._lanes.values():
-            while lane:
-                job = lane.popleft()
-                if not job.future.done():
-                    job.future.set_exception(StoreError(f"the store writer failed: {exc!r}"))
+        for job in [*self._queue, *self._safety_pending]:
+            if not job.future.done():
+                job.future.set_exception(StoreError(f"the store writer failed: {exc!r}"))
+        self._queue.clear()
+        self._safety_pending.clear()
         self._wakeup.set()
 
     async def _write_batches(self) -> None:
@@ -386,7 +380,7 @@ class SqliteStore:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            jobs, is_safety = self._next_batch()
+            jobs = self._next_batch()
             began = time.perf_counter()
             try:
                 await self._commit_batch(jobs)
@@ -400,7 +394,7 @@ class SqliteStore:
                     if not job.future.done():
                         job.future.set_exception(failure)
                 raise
-            self._count_commit(len(jobs), is_safety, time.perf_counter() - began)
+            self._count_commit(len(jobs), False, time.perf_counter() - began)
 
     def _count_commit(self, jobs: int, is_safety: bool, seconds: float) -> None:
         self.stats.commits += 1
@@ -417,15 +411,20 @@ class SqliteStore:
         outcome = await self._writer.run(
             partial(_commit_in_thread, [job.statements for job in jobs])
         )
+        self._settle(jobs, outcome)
+        if outcome.unusable is not None:
+            # The jobs without an outcome are failed by the caller; the writer stops.
+            raise outcome.unusable
+
+    def _settle(self, jobs: list[_Job], outcome: _BatchOutcome) -> None:
+        """Each job's outcome to its caller's future (on the loop: futures are not
+        thread-safe); jobs past `outcome.errors` (the connection went) are left for the caller."""
         for job, error in zip(jobs, outcome.errors, strict=False):
             if error is None:
                 if not job.future.done():
                     job.future.set_result(None)
             else:
                 self._fail(job, error)
-        if outcome.unusable is not None:
-            # The jobs without an outcome are failed by the caller; the writer stops.
-            raise outcome.unusable
 
     def _fail(self, job: _Job, exc: Exception) -> None:
         self.stats.failed_jobs += 1
