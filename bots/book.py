@@ -104,6 +104,8 @@ class BotBook:
     errors: dict[str, int] = field(default_factory=dict)  # exchange failures by kind -> count
     last_order_at: datetime | None = None
     last_price: Decimal | None = None  # the market's last price at the latest sync
+    # When that price reached us (the gateway's clock at the sync), for the stale-data guard.
+    last_price_at: datetime | None = None
     unseen_fills: list[FillView] = field(default_factory=list)  # since the strategy last looked
     # When this process journaled the bot's recent orders (for orders-per-minute limits).
     recent_orders: OrderTimes = field(default_factory=OrderTimes)

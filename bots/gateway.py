@@ -155,6 +155,7 @@ class OrderGateway:
         partial_fills: PartialFillPolicy | None = None,
         retry: RetryPolicy | None = None,
         observer: OrderObserver | None = None,
+        on_execution: Callable[[JournalOrder], None] | None = None,
     ) -> None:
         self.identity = identity
         self.adapter = adapter
@@ -168,6 +169,9 @@ class OrderGateway:
         self.partial_fills = partial_fills
         self.retry = retry  # None: a transient failure is looked up once, never resent
         self.observer = observer
+        # Told of each order's first fill (an execution), once committed: the repeated-
+        # execution throttle counts them. Synchronous, like the gates.
+        self.on_execution = on_execution
         self._clock = clock or (lambda: datetime.now(UTC))
         self._apply_lock = asyncio.Lock()
         # Orders being sent right now: refreshes leave them alone and cancels wait for the send,
@@ -480,7 +484,13 @@ class OrderGateway:
     # -- keeping up with the exchange ------------------------------------------------------------
 
     async def sync(self, market: MarketSnapshot) -> None:
-        """Give the adapter the market, then bring every live order up to date."""
+        """Give the adapter the market, then bring every live order up to date.
+
+        The price is stamped with when it reached us (our clock, now), not with
+        `market.timestamp`: the risk gate measures its age against the same clock, and a venue's
+        stamp from a skewed clock would make every order stale (or a stale one look fresh). Both
+        feeds stamp a snapshot when it is received, so the two differ only by this call's lag."""
+        self.book.last_price_at = self._clock()
         self.book.last_price = market.last
         await self.adapter.on_market(market)
         await self.refresh_live_orders("found in a sync")
@@ -730,6 +740,8 @@ class OrderGateway:
             else:
                 self.book.live_orders[client_order_id] = updated
             self._observe_end(updated.status, fills)
+            if fills and not order.filled and self.on_execution is not None:
+                self.on_execution(updated)
         for fill in fills:
             log.info(
                 "%s: fill %s %s %s @ %s (order %d)",

@@ -4,6 +4,8 @@ Exit codes: 0 clean stop; 1 could not start (port in use, another coordinator on
 unusable database); 2 bad configuration or arguments, with every problem listed.
 `--verify-data` (`coordinator/verify_cli.py`) has its own: 0 clean, 1 inconsistent, 2 no database;
 `--health-check` (`coordinator/health_cli.py`): 0 healthy, 1 not.
+`config diff|approve` (`coordinator/config_cli.py`): 0 approved or nothing to approve, 1 refused
+or failed, 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from coordinator.bot_test import print_summary, run_bot_test, with_mode
 from coordinator.breaker_cli import add_breaker_commands, reset_breaker
 from coordinator.config import ConfigError, embedded_config_dir, load_config
 from coordinator.config.models import BotMode, CoordinatorConfig
+from coordinator.config_cli import add_config_commands, run_config_command
+from coordinator.control_cli import add_control_commands, run_control_command
 from coordinator.health_cli import run_health_check
 from coordinator.log_analysis import add_analyze_logs_command, run_analyze_logs
 from coordinator.logging_setup import configure_logging, stop_logging
@@ -109,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_breaker_commands(commands)
+    add_control_commands(commands)
+    add_config_commands(commands)
     add_reconcile_command(commands)
     add_backup_commands(commands)
     add_monitor_command(commands)
@@ -181,6 +187,10 @@ def _main(args: argparse.Namespace) -> int:
     try:
         if args.command == "breaker":
             return _breaker(args, config)
+        if args.command in ("kill-switch", "bot"):
+            return _on_journal(args, lambda running: run_control_command(args, config, running))
+        if args.command == "config":  # the config gate: diff, approve
+            return _on_journal(args, lambda running: run_config_command(args, config, running))
         if args.command == "reconcile":
             return _reconcile(args, config)
         if args.test:

@@ -35,11 +35,15 @@ def ask_running(
     path: str,
     body: dict[str, Any] | None = None,
     timeout: float = 10,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """Ask the coordinator on host:port; a request that is not a GET carries the operator token
-    of `data_dir`. Its JSON answer, or ControlPlaneError saying why not."""
+    of `data_dir` (or `token`, the admin one for instance). Its JSON answer, or
+    ControlPlaneError saying why not."""
     headers = {"Content-Type": "application/json"}
-    if method != "GET":
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    elif method != "GET":
         try:
             headers["Authorization"] = f"Bearer {load_or_create_token(data_dir).value}"
         except TokenError as exc:

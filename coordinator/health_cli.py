@@ -5,6 +5,9 @@ checks on its own: every config file valid, the journal opens and passes SQLite'
 `quick_check` on the current schema, the kill switch state, the data and backup dirs
 writable, disk space, and for every bot that trades on its exchange, its credentials present
 (the names of missing variables, never a value) and the exchange answering a status call.
+Both ways the config gate is checked too (`coordinator/config_cli.py`): config files changed
+on disk since the running coordinator started warn; a bot whose effective config is not the
+approved one fails (its start is refused until `bot-coordinator config approve`).
 
 One line per check, then a verdict. Exit 0 healthy (warnings allowed), 1 not. The kill switch
 being active is a warning here, not a failure: Step 5 runs before Step 6 lifts it.
@@ -31,6 +34,7 @@ from bots.feeds.ccxt_public import make_public_exchange
 from coordinator.accounts import MissingCredentials, read_credentials
 from coordinator.alerts.facts import disk_free_pct
 from coordinator.config import ConfigError, CoordinatorConfig, load_config
+from coordinator.config_cli import offline_gate_checks, running_gate_checks
 from coordinator.runtime import DATABASE_FILE
 from coordinator.store.migrations import LATEST_VERSION
 from coordinator.wiring import trades_on_exchange
@@ -54,6 +58,8 @@ def run_health_check(args: argparse.Namespace, config_dir: Path) -> int:
     if coordinator_holds(args.data_dir):
         source = f"the running coordinator on {args.host}:{args.port}"
         checks = ask_running(args.host, args.port)
+        gate = running_gate_checks(args.data_dir, args.host, args.port)  # GET /config
+        checks.extend(Check(*c) for c in gate)
     else:
         source = "offline checks (no coordinator runs on this data dir)"
         checks = offline_checks(config_dir, args.data_dir, args.backup_dir)
@@ -146,6 +152,7 @@ def offline_checks(config_dir: Path, data_dir: Path, backup_dir: Path) -> list[C
     checks.append(_writable("backup dir", backup_dir))
     checks.append(_disk_check(data_dir, config))
     if config is not None:
+        checks.extend(Check(*c) for c in offline_gate_checks(config, data_dir / DATABASE_FILE))
         checks.extend(_exchange_checks(config))
     return checks
 

@@ -23,7 +23,9 @@ import orjson
 from bots.errors import TransientExchangeError
 from bots.exchanges.ccxt_adapter import CcxtExchange, make_private_exchange, point_client_at
 from bots.exchanges.paper import PaperExchange
+from bots.feeds.simulated import SimulatedFeed
 from bots.ids import ClientOrderIds
+from bots.journal import JournalOrder
 from coordinator import __version__
 from coordinator.accounts import Accounts
 from coordinator.alerts.notifier import notifier_from_config
@@ -31,15 +33,25 @@ from coordinator.alerts.service import AlertService
 from coordinator.alerts.window import OutcomeWindow
 from coordinator.backups.service import BackupService
 from coordinator.config.models import CoordinatorConfig, MarketDataSource
-from coordinator.errors import CoordinatorError, ShuttingDown, WrongState
+from coordinator.config_approval import ConfigGate, check_accept
+from coordinator.errors import Conflict, CoordinatorError, ShuttingDown, WrongState
 from coordinator.failover import EndpointFailover
 from coordinator.health import HealthMonitor, Probe
 from coordinator.lifecycle import BotState
 from coordinator.metrics import Metrics
 from coordinator.metrics.collector import CoordinatorCollector
 from coordinator.reconcile.reconciler import Reconciler
-from coordinator.safety.kill_switch import KillSwitch, Trigger
+from coordinator.refusal_audit import RefusalAudit
+from coordinator.safety.dead_mans_switch import DeadMansSwitch
+from coordinator.safety.execution_throttle import ExecutionThrottle
+from coordinator.safety.kill_switch import Trigger
 from coordinator.safety.layer import SafetyLayer
+from coordinator.safety.scopes import (
+    GLOBAL_SCOPE,
+    Scope,
+    TradingState,
+    orders_that_grow,
+)
 from coordinator.store.journal import SqliteJournal, audit_entry, iso
 from coordinator.store.sqlite import MAX_BATCH_JOBS, Priority, SqliteStore
 from coordinator.supervisor import BotRunner, Supervisor
@@ -65,11 +77,13 @@ class _BotDocument:
 # The fields of each bot in `status_summary()`.
 SUMMARY_FIELDS = (
     "name", "exchange", "symbol", "mode", "state", "safe_mode", "orders", "fills", "open_orders",
-    "last_tick", "error", "last_refusal",
+    "last_tick", "error", "last_refusal", "trading",
 )  # fmt: skip
 
 
 class Coordinator:
+    config_gate: ConfigGate  # set by open(): effective configs, approvals, files on disk
+
     def __init__(
         self,
         config: CoordinatorConfig,
@@ -96,6 +110,8 @@ class Coordinator:
         self.accepting = True
         self.accounts: Accounts | None = None
         self.health: HealthMonitor | None = None
+        # The venues' own dead man's switches, one heartbeat per live account.
+        self.dead_mans_switch: DeadMansSwitch | None = None
         self.backups: BackupService | None = None  # with a backup dir (coordinator/backups)
         self.reconciler = Reconciler(
             supervisor.runners, store, config.recovery.reconciliation, clock
@@ -106,8 +122,13 @@ class Coordinator:
         # Cancellations a kill switch started and did not finish before answering.
         self._background: set[asyncio.Task[Any]] = set()
         self._bot_documents: dict[str, _BotDocument] = {}
+        self.refusal_audit: RefusalAudit | None = None  # refused orders, summed, in the audit
         self.kill_switch.halt = self.halt_all
         self.kill_switch.halt_progress = self._halt_progress
+        self.scopes = safety.scopes
+        self.scopes.enforce = self._enforce_scope
+        self.throttle = safety.throttle
+        self.throttle.on_disable = self._halt_disabled_bot
 
     @classmethod
     async def open(
@@ -136,7 +157,10 @@ class Coordinator:
             # active, whatever happened to the previous process.
             safety = SafetyLayer(config, journal, clock)
             await safety.load()
-            kill_switch = safety.kill_switch
+            # What every bot runs (effective config, code version) and what was approved.
+            gate = await ConfigGate.open(
+                config, journal, clock, lambda bot: metrics.config_refusals.labels(bot).inc()
+            )
             ids = ClientOrderIds(floor=await journal.max_client_order_id())
             runners: dict[str, BotRunner] = {}
             for bot in config.bots.bots:
@@ -155,8 +179,9 @@ class Coordinator:
                     config.recovery,
                     _decode_row(persisted),
                     clock,
-                    start_guard=_refuse_while_active(kill_switch),
+                    start_guard=_start_refusal(safety, bot.name),
                 )
+                parts.on_execution = _count_execution(safety.throttle, bot.name)
                 if isinstance(parts.adapter, PaperExchange):
                     await _resolve_orders_left_live(runners[bot.name])  # in memory: at once
                 else:
@@ -169,6 +194,7 @@ class Coordinator:
             raise
         supervisor = Supervisor(runners, config.recovery)
         coordinator = cls(config, store, journal, supervisor, public, clock, safety, metrics)
+        coordinator.config_gate = gate
         coordinator.accounts = accounts
         metrics.register(CoordinatorCollector(coordinator))
         coordinator.health = HealthMonitor(
@@ -179,6 +205,15 @@ class Coordinator:
             failovers=coordinator.endpoint_failovers(runners.values()),
         )
         coordinator.health.start()
+        # After the accounts exist: the venue cancels a live account's orders by itself if
+        # the heartbeat stops (api-endpoints.json dead_mans_switch; coordinator/safety).
+        coordinator.dead_mans_switch = DeadMansSwitch(
+            config.endpoints,
+            runners.values(),
+            clock,
+            on_failure=safety.board.record_transient_failure,
+        )
+        coordinator.dead_mans_switch.start()
         # A venue's orders are resolved in the background, so a slow or dead exchange does not
         # keep the control plane (and the kill switch) from answering; each such bot refuses to
         # start until its orders are resolved.
@@ -198,12 +233,11 @@ class Coordinator:
             coordinator, config.alerts, window, data_dir, metrics, notifier, notifications_off
         )
         await coordinator.alerts.start()
-        safety.start_watch(
-            lambda: supervisor.runners.values(),
-            lambda reason, trigger: coordinator.activate_kill_switch(
-                reason, "safety-watch", trigger
-            ),
+        safety.start_watch(lambda: supervisor.runners.values(), coordinator.on_trigger)
+        coordinator.refusal_audit = RefusalAudit(
+            lambda: supervisor.runners.values(), store, clock
         )
+        coordinator.refusal_audit.start()
         # Everything built so far (ccxt's exchange classes alone are ~85 MiB of objects) lives
         # as long as the process: move it out of the collector's reach, or each full collection
         # walks it all and stalls the loop for 50-70 ms (docs/benchmarks.md).
@@ -217,19 +251,40 @@ class Coordinator:
                 "version": __version__,
                 "bots": list(runners),
                 "config": str(config.source_dir),
+                "code_version": gate.code.label,
+                "config_sha256": {bot: f.sha256 for bot, f in gate.fingerprints.items()},
             },
         )
+        # A bot with no approval at all (a fresh data dir, a bot new in bots.json) has its
+        # config approved as "(first start)", audited; a changed config is never approved here.
+        await gate.bootstrap()
+        gate.start_watch()  # config files changed on disk since this start: /status shows them
         return coordinator
 
     # -- control actions (audited) ---------------------------------------------------------------
 
-    async def start_bot(self, name: str, safe_mode: bool, actor: str) -> dict[str, Any]:
+    async def start_bot(
+        self,
+        name: str,
+        safe_mode: bool,
+        actor: str,
+        accept_config_change: bool = False,
+        approved_by: str | None = None,
+    ) -> dict[str, Any]:
+        """Start one bot. Its effective config must be the approved one (the config gate,
+        `ConfigNotApproved` 409, counted), or the request accepts the change and names who
+        approved it: the approval is recorded and audited before the start."""
+
         async def start() -> dict[str, Any]:
+            approver = check_accept(accept_config_change, approved_by)
+            self.supervisor.runner(name)  # an unknown bot is a 404 before anything else
+            await self.config_gate.clear_to_start(name, actor, approver, "accept_config_change")
             return self.bot_status(await self.supervisor.start(name, safe_mode))
 
-        result: dict[str, Any] = await self._audited(
-            actor, "bot.start", name, start, {"safe_mode": safe_mode}
-        )
+        details: dict[str, Any] = {"safe_mode": safe_mode}
+        if accept_config_change or approved_by is not None:
+            details.update(accept_config_change=accept_config_change, approved_by=approved_by)
+        result: dict[str, Any] = await self._audited(actor, "bot.start", name, start, details)
         return result
 
     async def stop_bot(self, name: str, actor: str, reason: str) -> dict[str, Any]:
@@ -242,13 +297,37 @@ class Coordinator:
         )
         return result
 
-    async def start_sequential(self, actor: str) -> dict[str, Any]:
+    async def start_sequential(
+        self, actor: str, accept_config_change: bool = False, approved_by: str | None = None
+    ) -> dict[str, Any]:
+        """Start the stopped bots in config order. A bot whose effective config is not the
+        approved one is refused (under "refused", counted, audited) and the sequence goes on,
+        unless the request accepts the changes with an approver (each approval audited)."""
+
+        async def run() -> dict[str, Any]:
+            approver = check_accept(accept_config_change, approved_by)
+            if self.kill_switch.active:  # nothing may start: refuse the sequence as a whole
+                state = self.kill_switch.state
+                raise Conflict(f"the kill switch is active ({state.reason}); override it first")
+
+            async def refuse(runner: BotRunner) -> str | None:
+                # A halted scope or the throttle keeps this bot stopped, not the others.
+                held = runner.start_guard() if runner.start_guard is not None else None
+                if held is not None:
+                    return held
+                return await self.config_gate.sequence_refusal(runner.name, actor, approver)
+
+            return await self.supervisor.start_sequential(refuse)
+
+        details: dict[str, Any] = {}
+        if accept_config_change or approved_by is not None:
+            details.update(accept_config_change=accept_config_change, approved_by=approved_by)
         result: dict[str, Any] = await self._audited(
             actor,
             "bots.start_sequential",
             None,
-            self.supervisor.start_sequential,
-            {},
+            run,
+            details,
             outcome_details=lambda outcome: {"outcome": outcome},
         )
         return result
@@ -257,9 +336,16 @@ class Coordinator:
         """Make a paper bot's exchange reject, fail or partially fill orders (an operator drill)."""
 
         async def apply() -> dict[str, Any]:
-            adapter = self.supervisor.runner(name).parts.adapter
+            parts = self.supervisor.runner(name).parts
+            adapter = parts.adapter
             if not isinstance(adapter, PaperExchange):
                 raise WrongState(f"bot {name!r} does not trade on a paper exchange: no drills")
+            if "market_trend_pct_per_tick" in drill:
+                if not isinstance(parts.feed, SimulatedFeed):
+                    raise WrongState(
+                        f"market_trend_pct_per_tick: bot {name!r} is not on the offline feed"
+                    )
+                parts.feed.set_trend(float(drill["market_trend_pct_per_tick"]))
             if "reject_next" in drill:
                 adapter.reject_next(drill["reject_next"])
             if "fail_next" in drill:
@@ -344,6 +430,148 @@ class Coordinator:
         )
         self._forget_failure_streaks()
         return result
+
+    # -- scoped switches, reduce-only, the execution throttle ------------------------------------
+
+    async def on_trigger(self, reason: str, trigger: Trigger) -> Any:
+        """An automatic trigger fired: halt everything (the kill switch) or, when
+        kill-switch.json's `trigger_actions` says so, make every bot reduce-only."""
+        action = self.config.kill_switch.trigger_actions.for_trigger(trigger.value)
+        if action == "reducing":
+            return await self.set_trading_state(
+                GLOBAL_SCOPE, TradingState.REDUCING, reason, "safety-watch", trigger.value
+            )
+        return await self.activate_kill_switch(reason, "safety-watch", trigger)
+
+    def scope_of(self, exchange: str | None, bot: str | None) -> Scope:
+        """The scope a request names (NotFound for an exchange or bot no bot trades on)."""
+        return self.scopes.scope(exchange=exchange, bot=bot)
+
+    async def set_trading_state(
+        self,
+        scope: Scope,
+        state: TradingState,
+        reason: str,
+        actor: str,
+        trigger: str = Trigger.MANUAL.value,
+    ) -> dict[str, Any]:
+        """Halt a scope or make it reduce-only. Like the kill switch: accepted even while
+        shutting down, in memory before the first await, durable (with its audit entry, one
+        write) before the answer, then enforced on the scope's bots."""
+        action = "trading.halt" if state is TradingState.HALTED else "trading.reduce_only"
+        details = {"reason": reason, "scope": scope.key, "trigger": trigger}
+
+        def audit(result: str) -> Any:
+            return audit_entry(actor=actor, action=action, subject=scope.key, result=result,
+                               at=self.clock(), reason=reason, details=details)
+
+        result: dict[str, Any] | None = None
+        outcome = "cancelled before it finished"
+        try:
+            result = await self.scopes.set(scope, state, reason, actor, trigger, audit("ok"))
+            outcome = "ok" if result["changed"] else (
+                f"unchanged: {scope.describe()} is {result['switch']['state']} already"
+            )
+        except Exception as exc:
+            outcome = f"error: {exc!r}"
+            raise
+        finally:
+            if result is None or not result["audited"]:
+                await self.store.write([audit(outcome)], Priority.SAFETY)
+        if result["changed"]:
+            self.metrics.trading_switch_changes.labels(scope.kind, state.value).inc()
+        return {**result, **self.trading_controls_status()}
+
+    async def lift_trading_switch(
+        self, scope: Scope, reason: str, actor: str, approved_by: str | None = None
+    ) -> dict[str, Any]:
+        """Lift one scope's switch: override (its cooldown applies) or, with an approver and
+        the admin token, force_override."""
+        action = "trading.force_override" if approved_by else "trading.override"
+        result: dict[str, Any] = await self._audited(
+            actor,
+            action,
+            scope.key,
+            lambda: self.scopes.lift(scope, actor, reason, approved_by),
+            {"reason": reason, "approved_by": approved_by, "scope": scope.key},
+        )
+        self._forget_failure_streaks()
+        return {**result, **self.trading_controls_status()}
+
+    async def enable_bot(
+        self, name: str, actor: str, approved_by: str, reason: str
+    ) -> dict[str, Any]:
+        """Lift the execution throttle's disablement of a bot (audited). It stays stopped."""
+        runner = self.supervisor.runner(name)
+
+        async def enable() -> dict[str, Any]:
+            result = await self.throttle.enable(name, actor, approved_by, reason)
+            return {**result, "state": runner.state.value}
+
+        result: dict[str, Any] = await self._audited(
+            actor, "bot.enable", name, enable, {"approved_by": approved_by, "reason": reason}
+        )
+        return result
+
+    async def _enforce_scope(self, scope: Scope, state: TradingState, reason: str) -> None:
+        """A scope was halted (its bots are halted) or made reduce-only (its bots' resting
+        orders that would grow their position are cancelled; the bots go on)."""
+        runners = [r for r in self.supervisor.runners.values() if self.scopes.covers(scope, r.name)]
+        why = f"{scope.describe()} {state.value}: {reason}"
+        if state is TradingState.HALTED:
+            await self._halt(runners, why)
+            return
+        await asyncio.gather(*(self._cancel_growing(r, why) for r in runners))
+
+    async def _cancel_growing(self, runner: BotRunner, reason: str) -> None:
+        gateway = runner.gateway()
+        if gateway.read_only:
+            return
+        for client_order_id in orders_that_grow(runner.parts.book):
+            try:
+                await gateway.cancel(client_order_id, f"reduce-only: {reason}")
+            except Exception as exc:  # one order's failure must not keep the rest
+                log.error("%s: reduce-only could not cancel order %d: %r",
+                          runner.name, client_order_id, exc)
+
+    def _halt_disabled_bot(self, name: str, reason: str) -> None:
+        """The throttle disabled a bot (its gate is closed already): halt it."""
+        runner = self.supervisor.runners.get(name)
+        if runner is None:
+            return
+        self.metrics.execution_throttle_trips.labels(name).inc()
+        task = asyncio.ensure_future(self._halt([runner], f"disabled: {reason}"))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def trading_controls_status(self) -> dict[str, Any]:
+        return {
+            "trading_controls": {
+                **self.scopes.status(),
+                "execution_throttle": self.throttle.summary(),
+                "trigger_actions": self.config.kill_switch.trigger_actions.model_dump(),
+            }
+        }
+
+    def bot_trading_state(self, runner: BotRunner) -> dict[str, Any]:
+        """A bot's effective trading state and why: the kill switch wins over every scope."""
+        if self.kill_switch.active:
+            state = self.kill_switch.state
+            since = iso(state.at) if state.at else "an unknown time"
+            return {"state": TradingState.HALTED.value, "scope": "kill_switch",
+                    "why": f"halted by the kill switch since {since}: {state.reason}",
+                    "disabled": runner.name in self.throttle.disabled}
+        effective = self.scopes.effective(runner.name)
+        disabled = self.throttle.refusal(runner.name)
+        if disabled is not None and effective.state is not TradingState.HALTED:
+            return {"state": TradingState.HALTED.value, "scope": f"bot:{runner.name}",
+                    "why": disabled, "disabled": True}
+        return {
+            "state": effective.state.value,
+            "scope": effective.switch.scope.key if effective.switch else None,
+            "why": effective.why(),
+            "disabled": disabled is not None,
+        }
 
     async def reset_breaker(
         self, name: str, actor: str, approved_by: str, reason: str
@@ -495,15 +723,27 @@ class Coordinator:
     async def halt_all(self, reason: str) -> None:
         """Halt every bot at once: ticks cancelled, then every open order cancelled. Waits up to
         HALT_WAIT_SECONDS; cancellations still running then go on in the background."""
+        await self._halt(
+            list(self.supervisor.runners.values()), reason, self.kill_switch.note_halt_completed
+        )
+
+    async def _halt(
+        self,
+        runners: list[BotRunner],
+        reason: str,
+        completed: Callable[[], None] | None = None,
+    ) -> None:
         halts = [
             asyncio.create_task(runner.halt(reason), name=f"halt:{runner.name}")
-            for runner in self.supervisor.runners.values()
+            for runner in runners
         ]
         if not halts:
-            self.kill_switch.note_halt_completed()
+            if completed is not None:
+                completed()
             return
         everything = asyncio.gather(*halts, return_exceptions=True)
-        everything.add_done_callback(lambda _: self.kill_switch.note_halt_completed())
+        if completed is not None:
+            everything.add_done_callback(lambda _: completed())
         _, pending = await asyncio.wait(halts, timeout=HALT_WAIT_SECONDS)
         for task in halts:
             task.add_done_callback(_log_halt_failure)
@@ -592,11 +832,16 @@ class Coordinator:
         return {
             "kill_switch_active": self.kill_switch.active,
             "kill_switch": self.kill_switch.status(),
+            **self.trading_controls_status(),
             "bots": bots(runners),
             "circuit_breaker": self.safety.status(),
             "exchanges": self.health.status() if self.health is not None else {},
+            "dead_mans_switch": (
+                self.dead_mans_switch.status() if self.dead_mans_switch is not None else {}
+            ),
             "backups": self.backups.status() if self.backups is not None else None,
             "reconciliation": self._reconciliation_status(),
+            "config": self.config_gate.status(),
             "coordinator": {
                 "version": __version__,
                 "started_at": iso(self.started_at),
@@ -645,6 +890,10 @@ class Coordinator:
             runner.next_restart_at,
             runner.last_error,
             runner.unresolved_orders,
+            self.kill_switch.active,
+            self.scopes.revision,
+            self.throttle.revision,
+            self.config_gate.revision(runner.name),
         )
         cached = self._bot_documents.get(runner.name)
         if (
@@ -682,6 +931,7 @@ class Coordinator:
             "market_data": config.market_data.value,
             "strategy": config.strategy.name,
             "state": runner.state.value,
+            "trading": self.bot_trading_state(runner),
             "orders": book.orders_count,
             "fills": book.fills_count,
             "open_orders": len(book.live_orders),
@@ -710,7 +960,15 @@ class Coordinator:
             "refusals": dict(book.refusals),
             "last_refusal": book.last_refusal,
             "order_errors": dict(book.errors),
+            "config": self.config_gate.bot_entry(runner.name),  # the config gate
             "partial_fills": dict(book.partial_fill_outcomes),
+            # When the last price reached us (the stale market data guard measures from it),
+            # and the account self-trade prevention groups the bot by, with who shares it.
+            "last_price_at": iso(book.last_price_at) if book.last_price_at else None,
+            "account": {
+                "name": self.safety.self_trade.account_of(runner.name),
+                "self_trade_siblings": self.safety.self_trade.siblings(runner.name),
+            },
         }
 
     # -- shutdown --------------------------------------------------------------------------------
@@ -725,6 +983,8 @@ class Coordinator:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await self.safety.stop_watch()
+        await self.scopes.settled()
+        await self.config_gate.stop_watch()  # before the store closes: a change is audited
         if self.alerts is not None:  # before the store closes: transitions are audited
             await self.alerts.stop()
         if self.health is not None:
@@ -736,7 +996,12 @@ class Coordinator:
             await self.backups.stop()
         if self._background:
             await asyncio.wait(self._background, timeout=grace_seconds or 1.0)
+        # Every bot is stopped and its orders cancelled: stop beating, and disarm the venues'
+        # timers where nothing of ours is left live (what is left, the venue cancels).
+        switches = await self.dead_mans_switch.close() if self.dead_mans_switch else {}
         await self.safety.flush()
+        if self.refusal_audit is not None:
+            await self.refusal_audit.stop()
         for runner in self.supervisor.runners.values():
             await _close_quietly(runner.name, runner.parts.feed.close())
             await _close_quietly(runner.name, runner.parts.adapter.close())
@@ -749,7 +1014,7 @@ class Coordinator:
             result="ok" if not errors else "errors",
             at=self.clock(),
             reason=reason,
-            details={"cancel_errors": errors},
+            details={"cancel_errors": errors, "dead_mans_switch": switches},
         )
         await self.store.close()
 
@@ -782,13 +1047,27 @@ def _venue_probe(adapter: CcxtExchange) -> Probe:
     return probe
 
 
-def _refuse_while_active(kill_switch: KillSwitch) -> Callable[[], str | None]:
+def _start_refusal(safety: SafetyLayer, bot: str) -> Callable[[], str | None]:
+    """Asked before every start and crash restart of `bot`: the kill switch, a halted scope
+    covering it, or the execution throttle's disablement (none of them lifted by a restart)."""
+    kill_switch, scopes, throttle = safety.kill_switch, safety.scopes, safety.throttle
+
     def guard() -> str | None:
-        if not kill_switch.active:
-            return None
-        return f"the kill switch is active ({kill_switch.state.reason}); override it first"
+        if kill_switch.active:
+            return f"the kill switch is active ({kill_switch.state.reason}); override it first"
+        effective = scopes.effective(bot)
+        if effective.state is TradingState.HALTED:
+            return f"trading is {effective.why()}; override that switch first"
+        return throttle.refusal(bot)
 
     return guard
+
+
+def _count_execution(throttle: ExecutionThrottle, bot: str) -> Callable[[JournalOrder], None]:
+    def executed(order: JournalOrder) -> None:
+        throttle.executed(bot, order.symbol, order.side, order.client_order_id)
+
+    return executed
 
 
 def _log_halt_failure(task: asyncio.Task[Any]) -> None:

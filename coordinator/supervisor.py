@@ -33,6 +33,7 @@ from bots.gateway import (
     SendGuard,
 )
 from bots.ids import ClientOrderIds
+from bots.journal import JournalOrder
 from bots.retry import RetryPolicy
 from bots.strategies.base import Strategy
 from coordinator.config.models import BotConfig, BotMode, RecoverySettings
@@ -66,6 +67,8 @@ class BotParts:
     # Run before each start: a live bot reads its opening balances from the exchange here.
     prepare: Callable[[], Awaitable[None]] | None = None
     observer: OrderObserver | None = None  # metrics and alerts hear every order's outcome
+    # Told of each order's first fill (the repeated-execution throttle).
+    on_execution: Callable[[JournalOrder], None] | None = None
 
 
 class BotRunner:
@@ -270,6 +273,7 @@ class BotRunner:
             ),
             RetryPolicy.from_settings(self.settings.retry),
             self.parts.observer,
+            self.parts.on_execution,
         )
 
     async def _supervise(self) -> None:
@@ -425,11 +429,15 @@ class Supervisor:
     async def stop(self, name: str, reason: str) -> list[str]:
         return await self.runner(name).stop(reason, self.settings.shutdown.grace_seconds)
 
-    async def start_sequential(self) -> dict[str, Any]:
+    async def start_sequential(
+        self, refuse: Callable[[BotRunner], Awaitable[str | None]] | None = None
+    ) -> dict[str, Any]:
         """Start the stopped bots one at a time, each after the one before has ticked healthily.
 
         Stops at the first bot that does not become healthy. Crashed bots are left for an
-        operator to start one by one.
+        operator to start one by one. `refuse(runner)`, asked before each start: a reason not
+        to start that bot (its config is not approved), which lists it under "refused" and
+        goes on with the next one.
         """
         if self._sequence_lock.locked():
             raise Conflict("a sequential start is already in progress")
@@ -439,6 +447,7 @@ class Supervisor:
                 "started": [],
                 "already_running": [],
                 "skipped": {},
+                "refused": {},
                 "failed": None,
                 "not_started": [],
             }
@@ -452,6 +461,9 @@ class Supervisor:
                     continue
                 if runner.state is not BotState.STOPPED:
                     result["already_running"].append(runner.name)
+                    continue
+                if refuse is not None and (refusal := await refuse(runner)) is not None:
+                    result["refused"][runner.name] = refusal
                     continue
                 if result["started"] and seq.delay_between_starts_seconds > 0:
                     await asyncio.sleep(seq.delay_between_starts_seconds)

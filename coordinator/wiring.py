@@ -13,6 +13,7 @@ from bots.book import BotBook
 from bots.exchanges.base import ExchangeAdapter
 from bots.exchanges.ccxt_adapter import CcxtExchange
 from bots.exchanges.paper import PaperExchange
+from bots.exchanges.paper_account import AccountSeat
 from bots.feeds.base import MarketFeed
 from bots.feeds.ccxt_public import CcxtPublicFeed, make_public_exchange
 from bots.feeds.simulated import SimulatedFeed
@@ -63,7 +64,8 @@ async def build_bot_parts(
     book = BotBook.from_snapshot(await journal.load_book(bot.name))
     prepare: Callable[[], Awaitable[None]] | None = None
     if not trades_on_exchange(bot):
-        adapter: ExchangeAdapter = await _paper_account(bot, book, journal, clock)
+        seat = safety.self_trade.paper_seat(bot)  # None unless it shares a paper account
+        adapter: ExchangeAdapter = await _paper_account(bot, book, journal, clock, seat)
         feed = _build_feed(bot, public, clock)
     else:
         client = accounts.client_for(bot)  # MissingCredentials names the variables
@@ -113,7 +115,11 @@ def trades_on_exchange(bot: BotConfig) -> bool:
 
 
 async def _paper_account(
-    bot: BotConfig, book: BotBook, journal: SqliteJournal, clock: Callable[[], datetime]
+    bot: BotConfig,
+    book: BotBook,
+    journal: SqliteJournal,
+    clock: Callable[[], datetime],
+    seat: AccountSeat | None = None,
 ) -> PaperExchange:
     if not book.balances:
         opening = dict(bot.paper.initial_balances)
@@ -129,6 +135,7 @@ async def _paper_account(
         amount_decimals=bot.paper.amount_decimals,
         price_decimals=bot.feed.price_decimals,
         clock=clock,
+        account=seat,
     )
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs
@@ -87,6 +88,10 @@ class FakeKraken:
         self.funds: dict[str, Decimal] = dict(OPENING_FUNDS)
         self.positions: list[dict[str, Any]] = []  # OpenPositions (consolidated by market)
         self.fill_before_cancel: set[str] = set()  # these fill just before their cancel arrives
+        # The dead man's switch: each CancelAllOrdersAfter's timeout (seconds, 0 disarms) in
+        # the order they came, and when the timer would run out (None: off).
+        self.timeouts: list[int] = []
+        self.trigger_at: datetime | None = None
 
     @staticmethod
     def form(kwargs: Mapping[str, Any]) -> dict[str, str]:
@@ -286,6 +291,19 @@ class FakeKraken:
     def open_positions(self, url: Any, **kwargs: Any) -> CallbackResult:
         return CallbackResult(payload=kraken_ok(self.positions))
 
+    def cancel_all_orders_after(self, url: Any, **kwargs: Any) -> CallbackResult:
+        """kraken's dead man's switch: unless called again within `timeout` seconds, every
+        order of the account is cancelled; 0 turns the timer off. Answered as kraken's API
+        reference shows (it shows no answer to a 0; this one has the same shape)."""
+        timeout = int(self.form(kwargs)["timeout"])
+        self.timeouts.append(timeout)
+        now = datetime.now(UTC).replace(microsecond=0)
+        self.trigger_at = now + timedelta(seconds=timeout) if timeout else None
+        shown = {"currentTime": now, "triggerTime": self.trigger_at or now}
+        return CallbackResult(
+            payload=kraken_ok({k: t.strftime("%Y-%m-%dT%H:%M:%SZ") for k, t in shown.items()})
+        )
+
 
 PRIVATE_ENDPOINTS = (
     "AddOrder",
@@ -294,6 +312,7 @@ PRIVATE_ENDPOINTS = (
     "OpenOrders",
     "ClosedOrders",
     "CancelOrder",
+    "CancelAllOrdersAfter",
 )
 # Served from the fake's own state with serving(account=True).
 ACCOUNT_ENDPOINTS = ("BalanceEx", "TradesHistory", "OpenPositions")

@@ -414,6 +414,36 @@ class CcxtExchange:
     async def fetch_status(self) -> VenueStatus:
         return parse.parse_status(await self._call(self.client.fetch_status), self.venue)
 
+    # ----- the venue's dead man's switch ----------------------------------------------------
+
+    @property
+    def has_dead_mans_switch(self) -> bool:
+        """Whether the venue cancels the account's orders by itself when not told otherwise in
+        time (ccxt's cancelAllOrdersAfter: kraken has it, ndax does not)."""
+        return bool(self.client.has.get("cancelAllOrdersAfter"))
+
+    async def cancel_all_orders_after(self, timeout_seconds: int) -> datetime | None:
+        """Arm the venue's dead man's switch, or push it back: unless called again within
+        `timeout_seconds`, the venue cancels EVERY order of the account (every market, whoever
+        placed it). 0 disarms it. Returns the venue's trigger time when it gives one.
+
+        On kraken, a timer that ran out stays off until a call with a timeout arms it again."""
+        if timeout_seconds < 0:
+            raise ValueError(f"timeout_seconds must not be negative, got {timeout_seconds}")
+        raw = await self._call(self.client.cancel_all_orders_after, timeout_seconds * 1000)
+        if self.venue != "kraken":
+            return None
+        result = raw.get("result") if isinstance(raw, Mapping) else None
+        if not isinstance(result, Mapping):
+            raise parse.malformed(self.venue, "CancelAllOrdersAfter answer", f"{raw!r:.80}")
+        trigger = result.get("triggerTime")
+        if not timeout_seconds or not isinstance(trigger, str):
+            return None
+        try:
+            return datetime.fromisoformat(trigger).astimezone(UTC)
+        except ValueError:
+            return None  # the timer is set; only its echo is unreadable
+
     # ----- internals ----------------------------------------------------------------------
 
     async def _call(self, method: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:

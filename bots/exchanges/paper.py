@@ -2,7 +2,8 @@
 
 Deterministic and free of I/O: the only inputs are the calls made on it and the market snapshots
 handed to `on_market`. It models what the order path must cope with on a real venue: refusals,
-reservations, fees, slippage, partial fills, and (through the drills) rejections and outages.
+reservations, fees, slippage, partial fills, and (through the drills) rejections and outages;
+with a seat on a shared `PaperAccount`, a venue's self-trade prevention between bots.
 
 Money rules:
 - Fees are charged in the quote asset, `notional * fee_rate` rounded DOWN to 8 decimals. Rounding
@@ -34,6 +35,7 @@ from bots.errors import (
     RequestRefused,
     TransientExchangeError,
 )
+from bots.exchanges.paper_account import AccountSeat
 from bots.models import (
     AccountTrade,
     Balance,
@@ -112,7 +114,10 @@ class PaperExchange:
         amount_decimals: int = 8,
         price_decimals: int = 2,
         clock: Callable[[], datetime] | None = None,
+        account: AccountSeat | None = None,
     ) -> None:
+        """`account`: this bot's seat on a paper account it shares with other bots, whose
+        resting orders it may not cross (self-trade prevention, `paper_account.py`)."""
         base, sep, quote = symbol.partition("/")
         if not sep or not base or not quote:
             raise ValueError(f"symbol must look like BASE/QUOTE, got {symbol!r}")
@@ -135,6 +140,7 @@ class PaperExchange:
         self._amount_quantum = Decimal(1).scaleb(-amount_decimals)
         self._price_quantum = Decimal(1).scaleb(-price_decimals)
         self._clock = clock or _utc_now
+        self.account = account
         self._totals: dict[str, Decimal] = {a: Decimal(v) for a, v in initial_balances.items()}
         self._totals.setdefault(self.base, Decimal(0))
         self._totals.setdefault(self.quote, Decimal(0))
@@ -204,6 +210,8 @@ class PaperExchange:
             self._reject_next -= 1
             raise OrderRejected(self._reject_reason, code="drill")
         self._validate(request)
+        if self.account is not None:
+            self.account.refuse_self_trade(request)
         if request.type is OrderType.MARKET:
             return self._create_market(request)
         return self._create_limit(request)
@@ -333,6 +341,8 @@ class PaperExchange:
                 self._fill(order, self._fill_amount(order), market.ask)
             elif request.side is Side.SELL and price <= market.bid:
                 self._fill(order, self._fill_amount(order), market.bid)
+        if self.account is not None and order.status is ExchangeOrderStatus.OPEN:
+            self.account.rest(request)  # `_close` releases it
         return order.snapshot()
 
     def _new_order(self, request: OrderRequest, reserved: Decimal) -> _Order:
@@ -353,6 +363,8 @@ class PaperExchange:
         order.status = status
         order.reason = reason
         order.reserved = Decimal(0)
+        if self.account is not None:
+            self.account.release(order.request.symbol, order.client_order_id)
         if self._open.pop(order.client_order_id, None) is not None:
             self._closed.append(order.client_order_id)
             while len(self._closed) > KEEP_CLOSED_ORDERS:

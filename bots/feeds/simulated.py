@@ -60,9 +60,17 @@ class SimulatedFeed:
         self._stdev = volatility_per_hour * math.sqrt(dt)
         self._rng = random.Random(seed)  # noqa: S311 - simulation, not cryptography
         self._clock = clock or _utc_now
+        self._trend = 1.0
+
+    def set_trend(self, pct_per_step: float) -> None:
+        """Drill: on top of the random walk, move the price `pct_per_step` percent at every
+        step (negative: down), so the market runs one way through a grid's levels; 0 ends it."""
+        if not -50 < pct_per_step < 50:
+            raise ValueError(f"a trend must be within +-50 % per step, got {pct_per_step}")
+        self._trend = 1.0 + pct_per_step / 100.0
 
     async def snapshot(self) -> MarketSnapshot:
-        self._price *= math.exp(self._rng.gauss(self._mean, self._stdev))
+        self._price *= math.exp(self._rng.gauss(self._mean, self._stdev)) * self._trend
         tick = self._tick
         last = Decimal(repr(self._price)).quantize(tick, ROUND_HALF_EVEN)
         last = max(last, tick)

@@ -57,6 +57,30 @@ class ExchangeFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadMansSwitchFacts:
+    """An exchange whose live accounts' dead man's switch heartbeat runs."""
+
+    exchange: str
+    state: str  # armed, arming, failing, expired (coordinator/safety/dead_mans_switch.py)
+    reason: str
+    consecutive_failures: int
+    last_success_age_seconds: float | None  # None: no beat acknowledged yet
+    timeout_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class TradingFacts:
+    """A bot's effective trading state (coordinator/safety/scopes.py, the throttle)."""
+
+    bot: str
+    exchange: str
+    state: str  # active, reducing, halted
+    scope: str | None  # which switch decides it: "kill_switch", "exchange:kraken", ...
+    why: str | None
+    disabled: bool  # by the execution throttle
+
+
+@dataclass(frozen=True, slots=True)
 class Facts:
     now: datetime
     accepting: bool
@@ -68,6 +92,8 @@ class Facts:
     backups: dict[str, Any] | None  # BackupService.status(), None when backups are off
     uptime_seconds: float
     disk_free_pct: float | None = None
+    dead_mans_switches: tuple[DeadMansSwitchFacts, ...] = ()
+    trading: tuple[TradingFacts, ...] = ()
 
 
 async def gather_cooperatively(coordinator: Coordinator, window: OutcomeWindow | None) -> Facts:
@@ -115,7 +141,22 @@ def gather(
         },
         backups=coordinator.backups.status() if coordinator.backups is not None else None,
         uptime_seconds=coordinator.uptime_seconds(),
+        dead_mans_switches=tuple(_dead_mans_switches(coordinator, now)),
+        trading=tuple(_trading(coordinator)),
     )
+
+
+def _trading(coordinator: Coordinator) -> list[TradingFacts]:
+    facts = []
+    for runner in coordinator.supervisor.runners.values():
+        state = coordinator.bot_trading_state(runner)
+        facts.append(
+            TradingFacts(
+                runner.name, runner.parts.config.exchange, state["state"], state["scope"],
+                state["why"], state["disabled"],
+            )
+        )  # fmt: skip
+    return facts
 
 
 def disk_free_pct(path: Path) -> float | None:
@@ -167,4 +208,24 @@ def _exchanges(coordinator: Coordinator) -> list[ExchangeFacts]:
             endpoint=failovers[name].active if name in failovers else "primary",
         )
         for name, health in sorted(coordinator.health.health.items())
+    ]
+
+
+def _dead_mans_switches(coordinator: Coordinator, now: datetime) -> list[DeadMansSwitchFacts]:
+    switch = coordinator.dead_mans_switch
+    if switch is None:
+        return []
+    return [
+        DeadMansSwitchFacts(
+            exchange=reading.exchange,
+            state=reading.state.value,
+            reason=reading.reason,
+            consecutive_failures=reading.consecutive_failures,
+            last_success_age_seconds=(now - reading.last_success_at).total_seconds()
+            if reading.last_success_at is not None
+            else None,
+            timeout_seconds=reading.settings.timeout_seconds,
+        )
+        for reading in switch.readings(now)
+        if reading.heartbeat and reading.settings is not None
     ]

@@ -25,6 +25,19 @@ RUNBOOK_BACKUP_ENDPOINT = "004 Scenario 2 step 5 (switch to backup API)"
 RUNBOOK_RECONCILIATION = "004 Scenario 5 (data loss/corruption): reconcile with exchange"
 RUNBOOK_BACKUPS = "004 Scenario 5 step 3 (restore from backup); 002 disaster recovery"
 RUNBOOK_DISK = "004 Scenario 7 (system resource exhaustion)"
+RUNBOOK_DEAD_MANS_SWITCH = (
+    "004 Scenario 2 (API connection failures); then check the venue's open orders: an expired "
+    "switch may have cancelled them all"
+)
+
+RUNBOOK_TRADING_SWITCH = (
+    "004 Step 1 (assess); GET /status trading_controls says which switch and why; Step 6 "
+    "(gradual recovery) once it is lifted"
+)
+RUNBOOK_BOT_DISABLED = (
+    "004 Scenario 1 (bot misbehaving): find why its strategy repeated itself, then POST "
+    "/bots/{name}/enable with approved_by"
+)
 
 Rule = Callable[[Facts, AlertRules], list[Sample]]
 
@@ -42,6 +55,10 @@ TIMING: dict[str, Callable[[AlertRules], RuleTiming]] = {
     "backup_failed": lambda r: r.backup_failed,
     "disk_space_low": lambda r: r.disk_space_low,
     "disk_space_critical": lambda r: r.disk_space_low,
+    "dead_mans_switch_failing": lambda r: r.dead_mans_switch_failing,
+    "dead_mans_switch_expired": lambda r: r.dead_mans_switch_failing,
+    "bot_trading_restricted": lambda r: r.bot_trading_restricted,
+    "bot_disabled": lambda r: r.bot_disabled,
 }
 
 
@@ -249,6 +266,54 @@ def disk_space(facts: Facts, rules: AlertRules) -> list[Sample]:
     ]
 
 
+def dead_mans_switch(facts: Facts, rules: AlertRules) -> list[Sample]:
+    """A live account's heartbeat fails or has stopped (warning); no beat acknowledged within
+    the timeout, so the venue may have cancelled every order of the account (critical)."""
+    samples = []
+    for switch in facts.dead_mans_switches:
+        labels = {"exchange": switch.exchange}
+        age = switch.last_success_age_seconds
+        value = round(age, 1) if age is not None else None
+        summary = f"{switch.exchange}: dead man's switch {switch.state}: {switch.reason}"
+        samples += [
+            Sample(
+                "dead_mans_switch_failing", WARNING, labels,
+                switch.state in ("failing", "expired"), float(switch.consecutive_failures),
+                None, summary, RUNBOOK_DEAD_MANS_SWITCH,
+            ),
+            Sample(
+                "dead_mans_switch_expired", CRITICAL, labels, switch.state == "expired", value,
+                float(switch.timeout_seconds), summary, RUNBOOK_DEAD_MANS_SWITCH,
+            ),
+        ]  # fmt: skip
+    return samples
+
+
+def trading_controls(facts: Facts, rules: AlertRules) -> list[Sample]:
+    """A bot halted or reduce-only by a scoped switch (the kill switch has its own alert), and
+    a bot the execution throttle disabled."""
+    samples: list[Sample] = []
+    for bot in facts.trading:
+        labels = {"bot": bot.bot, "exchange": bot.exchange}
+        restricted = bot.state != "active" and bot.scope != "kill_switch" and not bot.disabled
+        samples.append(
+            Sample(
+                "bot_trading_restricted", WARNING, labels, restricted,
+                1.0 if restricted else 0.0, None,
+                f"{bot.bot}: trading is {bot.why}" if restricted else f"{bot.bot} trades freely",
+                RUNBOOK_TRADING_SWITCH,
+            )
+        )  # fmt: skip
+        samples.append(
+            Sample(
+                "bot_disabled", CRITICAL, labels, bot.disabled, 1.0 if bot.disabled else 0.0,
+                None, f"{bot.bot}: {bot.why}" if bot.disabled else f"{bot.bot} is enabled",
+                RUNBOOK_BOT_DISABLED,
+            )
+        )  # fmt: skip
+    return samples
+
+
 RULES: tuple[Rule, ...] = (
     order_failure_rate,
     exchange_breaker_open,
@@ -259,6 +324,8 @@ RULES: tuple[Rule, ...] = (
     reconciliation_differences,
     backup_rules,
     disk_space,
+    dead_mans_switch,
+    trading_controls,
 )
 
 

@@ -17,10 +17,12 @@ from coordinator.api.requests import (
     MAX_BODY_BYTES,
     BreakerResetRequest,
     EmptyRequest,
+    EnableRequest,
     KillSwitchRequest,
     PaperDrillRequest,
     ReconcileRequest,
     StartRequest,
+    StartSequentialRequest,
     StopRequest,
     parse_body,
 )
@@ -29,6 +31,7 @@ from coordinator.metrics import CONTENT_TYPE
 from coordinator.metrics.http import record_request_metrics
 from coordinator.reconcile.model import render_table
 from coordinator.runtime import Coordinator
+from coordinator.safety.scopes import GLOBAL_SCOPE, Scope, TradingState
 from coordinator.service_health import UNHEALTHY, HealthCheck
 
 COORDINATOR = web.AppKey("coordinator", Coordinator)
@@ -58,6 +61,7 @@ def make_app(
         app[ADMIN_TOKEN] = admin_token
     app.router.add_get("/status", get_status)
     app.router.add_get("/bots/{name}", get_bot)
+    app.router.add_post("/bots/{name}/enable", post_enable_bot)
     app.router.add_get("/health", get_health)
     app.router.add_get("/alerts", get_alerts)
     app.router.add_get("/metrics", get_metrics)
@@ -74,6 +78,10 @@ def make_app(
     app.router.add_post("/kill-switch", post_kill_switch)
     app.router.add_get("/backups", get_backups)
     app.router.add_post("/backups", post_backups)
+    # Imported here: the config routes use this module's app keys.
+    from coordinator.api.config_routes import add_config_routes
+
+    add_config_routes(app)  # GET /config, GET /config/diff, POST /config/approve
     return app
 
 
@@ -171,7 +179,9 @@ async def get_audit(request: web.Request) -> web.Response:
 
 async def post_start(request: web.Request) -> web.Response:
     body = await parse_body(request, StartRequest)
-    bot = await request.app[COORDINATOR].start_bot(body.bot, body.safe_mode, OPERATOR)
+    bot = await request.app[COORDINATOR].start_bot(
+        body.bot, body.safe_mode, OPERATOR, body.accept_config_change, body.approved_by
+    )
     return web.json_response({"started": body.bot, "bot": bot})
 
 
@@ -182,16 +192,22 @@ async def post_stop(request: web.Request) -> web.Response:
 
 
 async def post_start_sequential(request: web.Request) -> web.Response:
-    await parse_body(request, EmptyRequest)
-    result = await request.app[COORDINATOR].start_sequential(OPERATOR)
-    return web.json_response({"ok": result["failed"] is None, **result})
+    body = await parse_body(request, StartSequentialRequest)
+    result = await request.app[COORDINATOR].start_sequential(
+        OPERATOR, body.accept_config_change, body.approved_by
+    )
+    ok = result["failed"] is None and not result["refused"]
+    return web.json_response({"ok": ok, **result})
 
 
 async def post_paper_drill(request: web.Request) -> web.Response:
     body = await parse_body(request, PaperDrillRequest)
     drill = body.model_dump(exclude={"bot"}, exclude_none=True)
     if not drill:
-        raise BadRequest("say what to drill: reject_next, fail_next and/or partial_fill_ratio")
+        raise BadRequest(
+            "say what to drill: reject_next, fail_next, partial_fill_ratio and/or "
+            "market_trend_pct_per_tick"
+        )
     result = await request.app[COORDINATOR].paper_drill(body.bot, drill, OPERATOR)
     return web.json_response(result)
 
@@ -216,28 +232,62 @@ def _from_loopback(request: web.Request) -> bool:
 
 
 async def get_kill_switch(request: web.Request) -> web.Response:
-    return web.json_response(request.app[COORDINATOR].kill_switch.status())
+    """The kill switch, and beside it every scoped switch and the execution throttle."""
+    coordinator = request.app[COORDINATOR]
+    return web.json_response(
+        {**coordinator.kill_switch.status(), **coordinator.trading_controls_status()}
+    )
 
 
 async def post_kill_switch(request: web.Request) -> web.Response:
+    """Activate (no token needed from this machine), reduce_only (the same), override (token)
+    or force_override (admin token and an approver); `scope` narrows any of them to one
+    exchange or one bot. Without a scope, activate/override are the kill switch as ever."""
     body = await parse_body(request, KillSwitchRequest)
     coordinator = request.app[COORDINATOR]
     who = _credential(request)
-    if body.action == "activate":
-        if who is None and not _from_loopback(request):
-            raise Unauthorized("activating from another machine needs a token")
-        # The answer comes once the gate is closed and durable; the halt goes on after it.
-        result = await coordinator.activate_kill_switch(
-            body.reason, who or LOOPBACK, wait_for_halt=False
+    scope = None
+    if body.scope is not None:
+        scope = coordinator.scope_of(body.scope.exchange, body.scope.bot)
+    if body.action in ("activate", "reduce_only"):
+        return web.json_response(await _stop(request, body, scope, who))
+    return web.json_response(await _lift(request, body, scope, who))
+
+
+async def _stop(
+    request: web.Request, body: KillSwitchRequest, scope: Scope | None, who: str | None
+) -> dict[str, Any]:
+    if who is None and not _from_loopback(request):
+        raise Unauthorized(f"{body.action} from another machine needs a token")
+    coordinator = request.app[COORDINATOR]
+    actor = who or LOOPBACK
+    if body.action == "reduce_only":
+        return await coordinator.set_trading_state(
+            scope or GLOBAL_SCOPE, TradingState.REDUCING, body.reason, actor
         )
-        return web.json_response(result)
+    if scope is not None:
+        return await coordinator.set_trading_state(
+            scope, TradingState.HALTED, body.reason, actor
+        )
+    # The answer comes once the gate is closed and durable; the halt goes on after it.
+    return await coordinator.activate_kill_switch(body.reason, actor, wait_for_halt=False)
+
+
+async def _lift(
+    request: web.Request, body: KillSwitchRequest, scope: Scope | None, who: str | None
+) -> dict[str, Any]:
+    coordinator = request.app[COORDINATOR]
+    if scope is None and _lifts_global_reducing(coordinator):
+        scope = GLOBAL_SCOPE
     if body.action == "override":
         if who is None:
             raise Unauthorized(
                 f"override needs 'Authorization: Bearer <token>' (operator or admin); the operator "
                 f"token is in {request.app[TOKEN].where()}"
             )
-        return web.json_response(await coordinator.override_kill_switch(body.reason, who))
+        if scope is not None:
+            return await coordinator.lift_trading_switch(scope, body.reason, who)
+        return await coordinator.override_kill_switch(body.reason, who)
     if body.approved_by is None:
         raise BadRequest("approved_by: required for force_override (who approved it)")
     if who is None:
@@ -246,7 +296,25 @@ async def post_kill_switch(request: web.Request) -> web.Response:
         admin = request.app.get(ADMIN_TOKEN)
         where = admin.where() if admin is not None else "the admin token"
         raise Forbidden(f"force_override needs the admin token ({where}), not the operator token")
-    result = await coordinator.force_override_kill_switch(body.reason, who, body.approved_by)
+    if scope is not None:
+        return await coordinator.lift_trading_switch(scope, body.reason, who, body.approved_by)
+    return await coordinator.force_override_kill_switch(body.reason, who, body.approved_by)
+
+
+def _lifts_global_reducing(coordinator: Coordinator) -> bool:
+    """An override without a scope lifts the kill switch; once that is lifted (or was never
+    active), it lifts a global reduce-only, so both are lifted by the runbook's request."""
+    return not coordinator.kill_switch.active and GLOBAL_SCOPE.key in coordinator.scopes.switches
+
+
+async def post_enable_bot(request: web.Request) -> web.Response:
+    """Re-enable a bot the execution throttle disabled (token; audited). It stays stopped."""
+    body = await parse_body(request, EnableRequest)
+    coordinator = request.app[COORDINATOR]
+    who = _credential(request) or OPERATOR  # the middleware has checked the token
+    result = await coordinator.enable_bot(
+        request.match_info["name"], who, body.approved_by, body.reason
+    )
     return web.json_response(result)
 
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from coordinator.errors import BadRequest
 
@@ -23,6 +23,17 @@ class _Body(BaseModel):
 class StartRequest(_Body):
     bot: str = Field(min_length=1, max_length=64)
     safe_mode: StrictBool = False
+    # The config gate: start although the effective config is not the approved one, recording
+    # `approved_by` as its approver (both needed; coordinator/config_approval.py).
+    accept_config_change: StrictBool = False
+    approved_by: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"\S")
+
+
+class StartSequentialRequest(_Body):
+    """An empty body starts every stopped bot whose config is approved."""
+
+    accept_config_change: StrictBool = False
+    approved_by: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"\S")
 
 
 class StopRequest(_Body):
@@ -34,10 +45,33 @@ class EmptyRequest(_Body):
     pass
 
 
+class ScopeRequest(_Body):
+    """What a kill switch request covers: one exchange's bots or one bot (neither: all)."""
+
+    exchange: str | None = Field(default=None, min_length=1, max_length=32)
+    bot: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _one(self) -> ScopeRequest:
+        if self.exchange is not None and self.bot is not None:
+            raise ValueError("name an exchange or a bot, not both")
+        if self.exchange is None and self.bot is None:
+            raise ValueError("name an exchange or a bot (leave scope out for everything)")
+        return self
+
+
 class KillSwitchRequest(_Body):
-    action: Literal["activate", "override", "force_override"]
+    action: Literal["activate", "reduce_only", "override", "force_override"]
     reason: str = Field(min_length=1, max_length=500, pattern=r"\S")
     approved_by: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"\S")
+    scope: ScopeRequest | None = None
+
+
+class EnableRequest(_Body):
+    """Re-enable a bot the execution throttle disabled (a person's decision, audited)."""
+
+    approved_by: str = Field(min_length=1, max_length=100, pattern=r"\S")
+    reason: str = Field(default="re-enabled by operator", min_length=1, max_length=500)
 
 
 class BreakerResetRequest(_Body):
@@ -54,6 +88,8 @@ class PaperDrillRequest(_Body):
     reject_next: int | None = Field(default=None, ge=0, le=1000)
     fail_next: int | None = Field(default=None, ge=0, le=1000)
     partial_fill_ratio: Decimal | None = Field(default=None, gt=0, le=1)
+    # The offline feed's price moves this many percent per tick (a one-way market; 0 ends it).
+    market_trend_pct_per_tick: Decimal | None = Field(default=None, ge=-10, le=10)
 
 
 class ReconcileRequest(_Body):

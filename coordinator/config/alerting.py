@@ -85,6 +85,10 @@ class AlertRules(_Frozen):
     backup_stale: BackupAgeRule = BackupAgeRule(for_seconds=0)
     backup_failed: RuleTiming = RuleTiming(for_seconds=0, resolve_after_seconds=0)
     disk_space_low: DiskRule = DiskRule()
+    # dead_mans_switch_failing (warning) and dead_mans_switch_expired (critical)
+    dead_mans_switch_failing: RuleTiming = RuleTiming(for_seconds=0, resolve_after_seconds=30)
+    bot_trading_restricted: RuleTiming = RuleTiming(for_seconds=0, resolve_after_seconds=0)
+    bot_disabled: RuleTiming = RuleTiming(for_seconds=0, resolve_after_seconds=0)
 
 
 class WebhookConfig(_Frozen):

@@ -46,6 +46,7 @@ from coordinator.config.models import (
     CoordinatorConfig,
     KillSwitchConfig,
     RecoverySettings,
+    paper_account_conflict,
     split_symbol,
 )
 
@@ -236,6 +237,7 @@ def _check_bots(bots_data: Any) -> tuple[list[ConfigIssue], dict[int, BaseModel]
     issues: list[ConfigIssue] = []
     params: dict[int, BaseModel] = {}
     seen: set[str] = set()
+    paper_accounts: dict[str, tuple[str, str]] = {}  # account -> (first bot, its exchange)
     for index, bot in _bot_entries(bots_data):
         name = bot.get("name")
         if isinstance(name, str):
@@ -246,6 +248,8 @@ def _check_bots(bots_data: Any) -> tuple[list[ConfigIssue], dict[int, BaseModel]
         if (issue := check_market_data_for_mode(index, bot)) is not None:
             issues.append(issue)
         issues.extend(_check_quote_balance(index, bot))
+        if (issue := _check_paper_account(index, bot, paper_accounts)) is not None:
+            issues.append(issue)
         strategy = bot.get("strategy")
         if isinstance(strategy, dict):
             found, strategy_issues = _check_strategy(index, strategy)
@@ -253,6 +257,24 @@ def _check_bots(bots_data: Any) -> tuple[list[ConfigIssue], dict[int, BaseModel]
             if found is not None:
                 params[index] = found
     return issues, params
+
+
+def _check_paper_account(
+    index: int, bot: dict[str, Any], first: dict[str, tuple[str, str]]
+) -> ConfigIssue | None:
+    """Bots that share a paper account (self-trade prevention) must be on one exchange: the
+    account stands for one venue account. `first` remembers each account's first bot."""
+    paper = bot.get("paper")
+    account = paper.get("account") if isinstance(paper, dict) else None
+    name, exchange = bot.get("name"), bot.get("exchange")
+    if not isinstance(account, str) or not isinstance(exchange, str):
+        return None  # no account named, or the schema reports its shape
+    owner, owner_exchange = first.setdefault(account, (str(name), exchange))
+    if owner_exchange == exchange:
+        return None
+    path = json_path(("bots", index, "paper", "account"))
+    reason = paper_account_conflict(str(name), exchange, owner, owner_exchange, account)
+    return ConfigIssue(BOTS_FILE, path, reason)
 
 
 def _check_strategy(
@@ -287,15 +309,23 @@ def _check_quote_balance(index: int, bot: dict[str, Any]) -> list[ConfigIssue]:
     return [ConfigIssue(BOTS_FILE, path, f"must contain {symbol}'s quote asset {quote!r}")]
 
 
-def _check_limit_bots(limits_data: Any, bot_names: Sequence[str]) -> list[ConfigIssue]:
+def _check_limit_bots(
+    limits_data: Any,
+    bot_names: Sequence[str],
+    file: str = LIMITS_FILE,
+    at: tuple[str, ...] = (),
+) -> list[ConfigIssue]:
+    """Per-bot overrides (`bots` under `at` in `file`) of bots that do not exist."""
+    for key in at:
+        limits_data = limits_data.get(key) if isinstance(limits_data, dict) else None
     overrides = limits_data.get("bots") if isinstance(limits_data, dict) else None
     if not isinstance(overrides, dict):
         return []
     known = ", ".join(dict.fromkeys(bot_names)) or "none"
     return [
         ConfigIssue(
-            LIMITS_FILE,
-            json_path(("bots", name)),
+            file,
+            json_path((*at, "bots", name)),
             f"no bot named {name!r} in {BOTS_FILE} (bots: {known})",
         )
         for name in overrides
@@ -324,6 +354,13 @@ def load_config(config_dir: Path) -> CoordinatorConfig:
     if LIMITS_FILE in documents and names_known:
         # Without every bot's name, overrides of the unnamed bots would be reported as orphans.
         issues.extend(_check_limit_bots(documents[LIMITS_FILE], [str(n) for n in names]))
+    if KILL_SWITCH_FILE in documents and names_known:
+        issues.extend(
+            _check_limit_bots(
+                documents[KILL_SWITCH_FILE], [str(n) for n in names], KILL_SWITCH_FILE,
+                ("execution_throttle",),
+            )
+        )  # fmt: skip
     if BOTS_FILE in documents:
         documents[BOTS_FILE] = _with_params(documents[BOTS_FILE], params)
 

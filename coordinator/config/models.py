@@ -12,7 +12,7 @@ import re
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -24,9 +24,14 @@ SYMBOL_PATTERN = r"^[A-Z0-9]+/[A-Z0-9]+$"
 ASSET_PATTERN = r"^[A-Z0-9]+$"
 ENV_NAME_PATTERN = r"^[A-Z_][A-Z0-9_]*$"
 URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s]*)?$"
+PAPER_ACCOUNT_PATTERN = BOT_NAME_PATTERN
 
 DEFAULT_START_PRICE = Decimal(50000)
 DEFAULT_QUOTE_BALANCE = Decimal(10000)
+# The stale market data guard's limit when bot-limits.json sets none: 30 ticks of the shipped
+# bots' 1 s. A bot's data is refreshed at the start of every tick, before its strategy orders,
+# so this is how late an order may go after its tick's price arrived (slow syncs, retries).
+DEFAULT_MAX_MARKET_DATA_AGE_SECONDS = 30.0
 
 
 class _Frozen(BaseModel):
@@ -79,6 +84,9 @@ class PaperConfig(_Frozen):
     fee_rate: Decimal = Field(default=Decimal("0.001"), ge=0, le=Decimal("0.1"))
     slippage_bps: Decimal = Field(default=Decimal(5), ge=0, le=1000)
     amount_decimals: int = Field(default=8, ge=0, le=18)
+    # Paper bots naming the same account (on one exchange) share one simulated venue account
+    # for self-trade prevention; balances stay each bot's own. None: an account of its own.
+    account: str | None = Field(default=None, pattern=PAPER_ACCOUNT_PATTERN)
 
     @model_validator(mode="after")
     def _balances_are_sane(self) -> PaperConfig:
@@ -156,6 +164,21 @@ class BotsConfig(_Frozen):
             seen.add(bot.name)
         return self
 
+    @model_validator(mode="after")
+    def _paper_accounts_on_one_exchange(self) -> BotsConfig:
+        first: dict[str, BotConfig] = {}
+        for bot in self.bots:
+            if bot.paper.account is None:
+                continue
+            owner = first.setdefault(bot.paper.account, bot)
+            if owner.exchange != bot.exchange:
+                raise ValueError(
+                    paper_account_conflict(
+                        bot.name, bot.exchange, owner.name, owner.exchange, bot.paper.account
+                    )
+                )
+        return self
+
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(bot.name for bot in self.bots)
@@ -178,6 +201,9 @@ class LimitSet(_Frozen):
     max_daily_loss: Decimal | None = Field(default=None, gt=0)
     price_collar_pct: Decimal | None = Field(default=None, gt=0, le=100)
     allowed_symbols: tuple[str, ...] | None = Field(default=None, min_length=1)
+    # Seconds since the bot's market data reached us beyond which it may not order. The
+    # defaults always hold one (`BotLimitsConfig` fills in DEFAULT_MAX_MARKET_DATA_AGE_SECONDS).
+    max_market_data_age_seconds: float | None = Field(default=None, gt=0, le=86400)
 
     @model_validator(mode="after")
     def _symbols_are_symbols(self) -> LimitSet:
@@ -219,6 +245,20 @@ class BotLimitsConfig(_Frozen):
     global_: GlobalLimits = Field(alias="global")
     safe_mode: SafeModeFactors
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_market_data_age(cls, data: Any) -> Any:
+        """The stale market data guard is never off: defaults that set no age get the default."""
+        if not isinstance(data, dict):
+            return data
+        defaults = data.get("defaults")
+        fill = {"max_market_data_age_seconds": DEFAULT_MAX_MARKET_DATA_AGE_SECONDS}
+        if isinstance(defaults, dict) and defaults.get("max_market_data_age_seconds") is None:
+            return {**data, "defaults": {**defaults, **fill}}
+        if isinstance(defaults, LimitSet) and defaults.max_market_data_age_seconds is None:
+            return {**data, "defaults": defaults.model_copy(update=fill)}
+        return data
+
     @model_validator(mode="after")
     def _defaults_are_complete(self) -> BotLimitsConfig:
         unset = [name for name in REQUIRED_DEFAULT_LIMITS if getattr(self.defaults, name) is None]
@@ -256,10 +296,47 @@ class KillSwitchTriggers(_Frozen):
     bot_crash_loop: bool
 
 
+TriggerAction = Literal["halted", "reducing"]
+
+
+class TriggerActions(_Frozen):
+    """What each automatic trigger does: halt everything (the kill switch) or make every bot
+    reduce-only. Keyed by the trigger's name as the audit log and /status show it."""
+
+    daily_loss: TriggerAction = "halted"
+    drawdown: TriggerAction = "halted"
+    consecutive_order_failures: TriggerAction = "halted"
+    exchange_breaker_open: TriggerAction = "halted"
+    bot_crash_loop: TriggerAction = "halted"
+
+    def for_trigger(self, trigger: str) -> TriggerAction:
+        action: TriggerAction = getattr(self, trigger, "halted")
+        return action
+
+
+class ExecutionLimit(_Frozen):
+    max_same_side_executions: int = Field(ge=1, le=100000)
+    window_seconds: float = Field(gt=0, le=86400)
+
+
+class ExecutionThrottleSettings(ExecutionLimit):
+    """RTS 6 Article 15(3): more than `max_same_side_executions` of one bot's orders executed on
+    one side and symbol within `window_seconds` disable the bot until a person enables it.
+    `bots` gives a bot a limit of its own (a DCA buying every 5 s executes 12 buys a minute by
+    design; a grid doing so is running down a falling market)."""
+
+    bots: dict[str, ExecutionLimit] = Field(default_factory=dict)
+
+    def for_bot(self, name: str) -> ExecutionLimit:
+        return self.bots.get(name, self)
+
+
 class KillSwitchConfig(_Frozen):
     version: int = Field(ge=1, le=1)
     activation_limit: ActivationLimit
     triggers: KillSwitchTriggers
+    trigger_actions: TriggerActions = TriggerActions()
+    execution_throttle: ExecutionThrottleSettings | None = None
 
 
 # --- recovery-settings.json ----------------------------------------------------------------------
@@ -368,9 +445,35 @@ class RecoverySettings(_Frozen):
 # --- api-endpoints.json --------------------------------------------------------------------------
 
 
+#: Kraken's CancelAllOrdersAfter takes whole seconds, "less than 86400" (its API reference).
+MAX_DEAD_MANS_SWITCH_TIMEOUT = 86399
+
+
+class DeadMansSwitchConfig(_Frozen):
+    """The venue's own dead man's switch (`coordinator/safety/dead_mans_switch.py`): every
+    `interval_seconds` a live account tells the venue to cancel all its orders unless told
+    again within `timeout_seconds`. The timeout is at least twice the interval, so one beat
+    may fail without the venue's timer running out (kraken recommends 15 s and 60 s)."""
+
+    enabled: bool
+    interval_seconds: float = Field(default=15, gt=0, le=MAX_DEAD_MANS_SWITCH_TIMEOUT / 2)
+    timeout_seconds: int = Field(default=60, ge=1, le=MAX_DEAD_MANS_SWITCH_TIMEOUT)
+
+    @model_validator(mode="after")
+    def _timeout_outlasts_two_beats(self) -> DeadMansSwitchConfig:
+        if self.timeout_seconds < 2 * self.interval_seconds:
+            raise ValueError(
+                f"timeout_seconds ({self.timeout_seconds}) must be at least twice "
+                f"interval_seconds ({self.interval_seconds:g}), so that one failed beat does "
+                "not let the venue's timer run out"
+            )
+        return self
+
+
 class ExchangeEndpoints(_Frozen):
     primary: str = Field(pattern=URL_PATTERN, max_length=2048)
     backup: str | None = Field(default=None, pattern=URL_PATTERN, max_length=2048)
+    dead_mans_switch: DeadMansSwitchConfig | None = None  # absent: off
 
 
 class HealthCheckConfig(_Frozen):
@@ -405,6 +508,16 @@ class CoordinatorConfig(_Frozen):
     endpoints: ApiEndpointsConfig
     alerts: AlertsConfig
     source_dir: Path
+
+
+def paper_account_conflict(
+    bot: str, exchange: str, first_bot: str, first_exchange: str, account: str
+) -> str:
+    """Why `bot` may not name paper account `account` (the loader and `BotsConfig` say it so)."""
+    return (
+        f"bot {bot!r} on {exchange} names paper.account {account!r}, which {first_bot!r} uses "
+        f"on {first_exchange}: bots that share a paper account must be on the same exchange"
+    )
 
 
 def _matches(pattern: str, value: str) -> bool:

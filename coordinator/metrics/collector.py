@@ -15,6 +15,8 @@ from prometheus_client.registry import Collector
 from coordinator import __version__
 from coordinator.lifecycle import BotState
 from coordinator.metrics.registry import PREFIX
+from coordinator.safety.dead_mans_switch import SwitchState
+from coordinator.safety.scopes import TradingState
 
 if TYPE_CHECKING:
     from coordinator.runtime import Coordinator
@@ -40,6 +42,7 @@ class CoordinatorCollector(Collector):
         yield from self._bots()
         yield from self._safety()
         yield from self._exchanges()
+        yield from self._dead_mans_switches()
         yield from self._operations()
 
     def _process(self) -> Iterator[Metric]:
@@ -71,6 +74,11 @@ class CoordinatorCollector(Collector):
         interval = _gauge("bot_tick_interval_seconds", "The bot's configured tick", ["bot"])
         lag = _gauge("bot_tick_lag_seconds", "How late the newest tick started", ["bot"])
         heartbeat = _gauge("bot_heartbeat_age_seconds", "Seconds since the last tick", ["bot"])
+        data_age = _gauge(
+            "bot_market_data_age_seconds",
+            "Seconds since the bot's last price reached us (what the stale data guard reads)",
+            ["bot"],
+        )
         position = _gauge("bot_position_base", "Position in the base asset", ["bot", "asset"])
         notional = _gauge(
             "bot_position_notional", "Position at the last price", ["bot", "currency"]
@@ -80,10 +88,22 @@ class CoordinatorCollector(Collector):
         open_orders = _gauge("bot_open_orders", "Orders live on the exchange", ["bot"])
         refusals = _counter(
             "risk_refusals", "Orders refused by our gates (risk limits, kill switch, breakers, "
-            "read-only), by reason code", ["bot", "code"],
+            "read-only, self_trade, stale_market_data), by reason code", ["bot", "code"],
+        )
+        trading = _gauge(
+            "bot_trading_state", "1 for the bot's effective trading state (active, reducing, "
+            "halted: the kill switch, its exchange's or its own switch, or the throttle)",
+            ["bot", "state"],
+        )
+        disabled = _gauge(
+            "bot_disabled", "1 while the execution throttle keeps the bot disabled", ["bot"]
         )
         for runner in self.coordinator.supervisor.runners.values():
             name, book, config = runner.name, runner.parts.book, runner.parts.config
+            effective = self.coordinator.bot_trading_state(runner)
+            for each_state in TradingState:
+                trading.add_metric([name, each_state.value], int(effective["state"] == each_state))
+            disabled.add_metric([name], int(effective["disabled"]))
             for each in BotState:
                 state.add_metric([name, each.value], 1 if runner.state is each else 0)
             restarts.add_metric([name], runner.restarts)
@@ -94,6 +114,8 @@ class CoordinatorCollector(Collector):
             lag.add_metric([name], runner.stats.lag_seconds)
             if runner.stats.last_tick_at is not None:
                 heartbeat.add_metric([name], (now - runner.stats.last_tick_at).total_seconds())
+            if book.last_price_at is not None:
+                data_age.add_metric([name], (now - book.last_price_at).total_seconds())
             base, quote = config.base_asset, config.quote_asset
             pos = book.position
             position.add_metric([name, base], float(pos.base))
@@ -114,9 +136,9 @@ class CoordinatorCollector(Collector):
             open_orders.add_metric([name], len(book.live_orders))
             for code, count in sorted(book.refusals.items()):
                 refusals.add_metric([name, code], count)
-        yield from (state, restarts, crashes, looped, interval, lag, heartbeat)
+        yield from (state, restarts, crashes, looped, interval, lag, heartbeat, data_age)
         yield from (position, notional, balance, pnl)
-        yield from (open_orders, refusals)
+        yield from (open_orders, refusals, trading, disabled)
 
     def _safety(self) -> Iterator[Metric]:
         c = self.coordinator
@@ -158,6 +180,48 @@ class CoordinatorCollector(Collector):
                 failover = health.failovers.get(name)
                 backup.add_metric([name], 1 if failover and failover.active == "backup" else 0)
         yield from (state, latency, backup)
+
+    def _dead_mans_switches(self) -> Iterator[Metric]:
+        switch = self.coordinator.dead_mans_switch
+        state = _gauge(
+            "dead_mans_switch_state", "1 for the venue's dead man's switch's current state",
+            ["exchange", "state"],
+        )
+        protected = _gauge(
+            "dead_mans_switch_protected",
+            "1 while the venue's timer runs: if the coordinator died, the venue would cancel "
+            "the live accounts' orders",
+            ["exchange"],
+        )
+        beats = _counter("dead_mans_switch_beats", "Heartbeats sent", ["exchange"])
+        failures = _counter(
+            "dead_mans_switch_failures", "Heartbeats that failed (counted in beats too)",
+            ["exchange"],
+        )
+        age = _gauge(
+            "dead_mans_switch_last_success_age_seconds",
+            "Since the newest acknowledged heartbeat was sent; past the timeout the venue may "
+            "have cancelled every order of the account", ["exchange"],
+        )
+        timeout = _gauge(
+            "dead_mans_switch_timeout_seconds", "The timer each heartbeat sets on the venue",
+            ["exchange"],
+        )
+        now = self.coordinator.clock()
+        for reading in switch.readings(now) if switch is not None else ():
+            name = reading.exchange
+            for value in SwitchState:
+                state.add_metric([name, value.value], int(reading.state is value))
+            protected.add_metric([name], int(reading.protected))
+            if not reading.heartbeat:
+                continue
+            beats.add_metric([name], reading.beats)
+            failures.add_metric([name], reading.failures)
+            if reading.last_success_at is not None:
+                age.add_metric([name], (now - reading.last_success_at).total_seconds())
+            if reading.settings is not None:
+                timeout.add_metric([name], reading.settings.timeout_seconds)
+        yield from (state, protected, beats, failures, age, timeout)
 
     def _operations(self) -> Iterator[Metric]:
         c = self.coordinator

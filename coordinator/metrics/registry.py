@@ -85,6 +85,18 @@ class Metrics:
             ["trigger"],
             registry=r,
         )
+        self.trading_switch_changes = Counter(
+            f"{PREFIX}_trading_switch_changes",
+            "Scoped trading switches set in this process, by scope kind and state",
+            ["scope", "state"],
+            registry=r,
+        )
+        self.execution_throttle_trips = Counter(
+            f"{PREFIX}_execution_throttle_trips",
+            "Bots disabled by the repeated-execution throttle in this process",
+            ["bot"],
+            registry=r,
+        )
         self.commit_seconds = Histogram(
             f"{PREFIX}_store_commit_seconds",
             "One store commit (a group of jobs) from BEGIN to COMMIT on disk, by lane",
@@ -97,6 +109,12 @@ class Metrics:
             "Control plane requests, by route template, method and status",
             ["route", "method", "status"],
             buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.config_refusals = Counter(
+            f"{PREFIX}_config_refusals",
+            "Starts refused because the bot's effective config is not the approved one",
+            ["bot"],
             registry=r,
         )
         self.alert_transitions = Counter(
@@ -114,6 +132,7 @@ class Metrics:
         for status in FINAL_STATUSES:
             self.orders.labels(identity.bot, identity.exchange, status)
         self.fills.labels(identity.bot, identity.exchange)
+        self.config_refusals.labels(identity.bot)
         self.filled_notional.labels(identity.bot, identity.exchange, identity.quote_asset)
 
     def register(self, collector: Collector) -> None:

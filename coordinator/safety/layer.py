@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from bots.book import BotBook
@@ -26,9 +26,12 @@ from coordinator.safety.breaker import (
     CircuitBreaker,
     UnknownBreaker,
 )
+from coordinator.safety.execution_throttle import ExecutionThrottle, ThrottleGate
 from coordinator.safety.kill_switch import KillSwitch, Trigger
 from coordinator.safety.monitor import TriggerWatch
 from coordinator.safety.risk import RiskContext, RiskGate
+from coordinator.safety.scopes import ScopedSwitches, ScopeGate
+from coordinator.safety.self_trade import SelfTradeRegistry
 from coordinator.store.journal import SqliteJournal
 from coordinator.supervisor import BotRunner
 
@@ -61,6 +64,14 @@ class SafetyLayer:
         self.journal = journal
         self.clock = clock
         self.kill_switch = KillSwitch(config.kill_switch, config.recovery, journal, clock)
+        # Per-exchange and per-bot switches, and reduce-only anywhere (scopes.py).
+        self.scopes = ScopedSwitches(
+            journal,
+            clock,
+            timedelta(minutes=config.recovery.recovery.cooldown_period_minutes),
+            {bot.name: bot.exchange for bot in config.bots.bots},
+        )
+        self.throttle = ExecutionThrottle(config.kill_switch.execution_throttle, journal, clock)
         settings = config.recovery.circuit_breaker
         self.board = BreakerBoard(
             settings,
@@ -70,6 +81,7 @@ class SafetyLayer:
             global_settings=settings.for_global(),
         )
         self.risk = RiskContext(config.limits.global_, clock)
+        self.self_trade = SelfTradeRegistry()  # bots per (account, symbol); shared paper accounts
         self.watch = TriggerWatch(
             config.kill_switch.triggers, config.recovery.restart, self.risk, self.board, clock
         )
@@ -84,6 +96,8 @@ class SafetyLayer:
         """Read every piece of safety state back. Unreadable breaker state fails safe: the
         global breaker is tripped, latched, until an operator looks."""
         await self.kill_switch.load()
+        await self.scopes.load()
+        await self.throttle.load()
         stored = await self.journal.load_safety_state()
         breakers = {
             key.removeprefix(BREAKER_PREFIX): value
@@ -113,7 +127,13 @@ class SafetyLayer:
         """(always-on gates, the risk gate, the safe-mode risk gate) for one bot."""
         self.risk.register(bot.name, bot.symbol, bot.quote_asset, book)
         limits = self.config.limits.limits_for(bot.name)
-        always: list[OrderGate] = [self.kill_switch.gate, BreakerGate(self.board, bot.exchange)]
+        always: list[OrderGate] = [
+            self.kill_switch.gate,
+            ScopeGate(self.scopes, bot.name),
+            ThrottleGate(self.throttle, bot.name),
+            BreakerGate(self.board, bot.exchange),
+            self.self_trade.register(bot, book),
+        ]
         return (
             always,
             RiskGate(bot.name, limits, self.risk),
@@ -238,6 +258,7 @@ class SafetyLayer:
 
     async def flush(self) -> None:
         """Wait for the safety state writes still under way."""
+        await self.throttle.flush()
         if self._writes:
             await asyncio.wait(set(self._writes), timeout=2.0)
 

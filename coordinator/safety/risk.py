@@ -10,6 +10,9 @@ Principles (SEC Rule 15c3-5, the FIA's automated-trading risk controls):
   price with no market price to collar it against, or a PnL that cannot be computed refuses the
   order: a check is never skipped because its input is missing. Only a limit the operator left
   unset (`None`) is not checked.
+* Never on a stale price. Market data older than `max_market_data_age_seconds` (measured from
+  when it reached us, `BotBook.last_price_at`) refuses every order, reducing ones too, before
+  the collar or any limit values the order at that price (`stale_market_data`).
 * Reducing risk is always possible. An order that only shrinks the position (opposite side, no
   bigger than the position, so it cannot flip it) passes the position limits and the daily-loss
   stop, so a bot past a limit can still get back inside it.
@@ -259,8 +262,9 @@ class _Proposed:
 class RiskGate:
     """One bot's pre-trade risk checks (an `OrderGate`).
 
-    Checks run cheapest and most fundamental first: symbol, price, collar, order size,
-    position, open orders, order rates, daily loss, then the limits shared across bots."""
+    Checks run cheapest and most fundamental first: symbol, price, market data age, collar,
+    order size, position, open orders, order rates, daily loss, then the limits shared across
+    bots."""
 
     def __init__(
         self,
@@ -273,6 +277,7 @@ class RiskGate:
         self.context = context
         self.limits = EffectiveLimits.build(limits, safe_mode)
         self._checks: tuple[Callable[[_Proposed], Refusal | None], ...] = (
+            self._market_data_age,  # first: every later check values the order at that price
             self._price_collar,
             self._order_notional,
             self._position_base,
@@ -308,6 +313,33 @@ class RiskGate:
         return None
 
     # -- the order itself ------------------------------------------------------------------------
+
+    def _market_data_age(self, o: _Proposed) -> Refusal | None:
+        """Every order, market or limit, reducing or not: the collar, the notional and the
+        exposure all read `last_price`, and none of them may judge by a price that has aged."""
+        limit = self.limits.max_market_data_age_seconds
+        if limit is None:
+            return None
+        at, last = o.book.last_price_at, o.book.last_price
+        if last is None:
+            return Refusal(
+                "no_price", f"no market data yet, which {limit.describe('s')} asks to be fresh"
+            )
+        if at is None:  # a price nobody stamped: its age is unknown, so it is not fresh
+            return Refusal(
+                "stale_market_data",
+                f"the last price {fmt(last)} has no arrival time, so its age is unknown; "
+                f"orders need market data within {limit.describe('s')}",
+            )
+        age = Decimal(str(max(0.0, (self.context.now() - at).total_seconds())))
+        if age <= limit.value:
+            return None
+        return Refusal(
+            "stale_market_data",
+            f"market data is {fmt(age, 1)} s old (the last price {fmt(last)} arrived at "
+            f"{at.astimezone(UTC).isoformat(timespec='seconds')}), beyond "
+            f"{limit.describe('s')}: no order goes on a stale price",
+        )
 
     def _price_collar(self, o: _Proposed) -> Refusal | None:
         limit = self.limits.price_collar_pct

@@ -5,7 +5,8 @@ A bot's limits as its risk gate applies them: safe mode laid over, each able to 
 Safe mode tightens, never loosens: the size limits (order notional, position base and notional)
 are scaled by `size_factor` (at most 1), and open orders are capped at the smaller of the bot's
 own limit and `safe_mode.max_open_orders` (the cap applies even when the bot sets none). The
-daily-loss stop, the rates, the collar and the symbols are the bot's own in every mode.
+daily-loss stop, the rates, the collar, the market data age and the symbols are the bot's own
+in every mode.
 
 And the figures read off a book: PnL, exposure, orders in a time window.
 """
@@ -58,6 +59,7 @@ class EffectiveLimits:
     max_daily_loss: Limit | None
     price_collar_pct: Limit | None
     allowed_symbols: tuple[str, ...] | None
+    max_market_data_age_seconds: Limit | None = None
 
     @classmethod
     def build(cls, limits: LimitSet, safe_mode: SafeModeFactors | None = None) -> EffectiveLimits:
@@ -72,11 +74,15 @@ class EffectiveLimits:
             max_daily_loss=_plain("max_daily_loss", limits.max_daily_loss),
             price_collar_pct=_plain("price_collar_pct", limits.price_collar_pct),
             allowed_symbols=limits.allowed_symbols,
+            max_market_data_age_seconds=_plain(
+                "max_market_data_age_seconds", limits.max_market_data_age_seconds
+            ),
         )
 
 
-def _plain(name: str, value: Decimal | int | None) -> Limit | None:
-    return Limit(name, Decimal(value)) if value is not None else None
+def _plain(name: str, value: Decimal | int | float | None) -> Limit | None:
+    # str() first: a float duration reads as written (0.1, not 0.1000000000000000055...).
+    return Limit(name, Decimal(str(value))) if value is not None else None
 
 
 def _scaled(name: str, own: Decimal | None, safe_mode: SafeModeFactors | None) -> Limit | None:

@@ -195,4 +195,28 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        4,
+        "config gate: approved effective configs",
+        """
+        -- Every approval of a bot's effective config (coordinator/config_approval.py): the
+        -- newest row of a bot is what its start is checked against. No foreign key to bots:
+        -- a bot newly added to bots.json is approved before its first start registers it.
+        CREATE TABLE config_approvals (
+            id               INTEGER PRIMARY KEY AUTOINCREMENT,
+            bot              TEXT NOT NULL,
+            config_sha256    TEXT NOT NULL,
+            config_json      TEXT NOT NULL,
+            code_version     TEXT NOT NULL,
+            approved_by      TEXT NOT NULL,
+            reason           TEXT,
+            at               TEXT NOT NULL,
+            previous_sha256  TEXT
+        );
+        CREATE INDEX config_approvals_by_bot ON config_approvals (bot, id);
+        """,
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -432,6 +432,7 @@ async def test_start_sequential_starts_bots_in_config_order_each_after_the_previ
         "started": ["ndax", "kraken"],
         "already_running": [],
         "skipped": {},
+        "refused": {},
         "failed": None,
         "not_started": [],
     }

@@ -22,7 +22,14 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.alerts.facts import BotFacts, BreakerFacts, ExchangeFacts, Facts
+from coordinator.alerts.facts import (
+    BotFacts,
+    BreakerFacts,
+    DeadMansSwitchFacts,
+    ExchangeFacts,
+    Facts,
+    TradingFacts,
+)
 from coordinator.alerts.rules import RULES, TIMING
 from coordinator.alerts.window import WindowCount
 from coordinator.api.app import make_app
@@ -359,6 +366,8 @@ def in_process_alerts() -> dict[str, tuple[str, str]]:
         backups={"interval_minutes": 60, "last_ok_age_seconds": 10.0, "result": "ok"},
         uptime_seconds=60.0,
         disk_free_pct=50.0,
+        dead_mans_switches=(DeadMansSwitchFacts("kraken", "armed", "ok", 0, 1.0, 60),),
+        trading=(TradingFacts("ndax", "ndax", "active", None, None, False),),
     )
     found: dict[str, tuple[str, str]] = {}
     for rule in RULES:

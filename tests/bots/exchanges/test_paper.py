@@ -505,3 +505,4 @@ async def test_forgotten_trades_move_the_start_of_the_history_the_venue_knows(
     assert ex.history_since is not None
     assert began is not None
     assert began < ex.history_since <= trades[0].trade.timestamp
+

@@ -132,3 +132,17 @@ def test_invalid_parameters_are_refused(kwargs: dict[str, object]) -> None:
 async def test_close_is_harmless() -> None:
     feed = SimulatedFeed("BTC/AUD", Decimal(100))
     await feed.close()
+
+
+async def test_a_trend_moves_the_price_one_way_every_step_until_it_is_ended() -> None:
+    feed = SimulatedFeed("BTC/AUD", Decimal(100), volatility_per_hour=0.0)
+    feed.set_trend(-1)
+
+    down = [(await feed.snapshot()).last for _ in range(3)]
+    feed.set_trend(0)
+    flat = [(await feed.snapshot()).last for _ in range(2)]
+
+    assert down == [Decimal("99.00"), Decimal("98.01"), Decimal("97.03")]
+    assert flat == [Decimal("97.03"), Decimal("97.03")]
+    with pytest.raises(ValueError, match="within"):
+        feed.set_trend(60)

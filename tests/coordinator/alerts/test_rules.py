@@ -11,7 +11,13 @@ from datetime import timedelta
 import pytest
 
 from coordinator.alerts.engine import AlertEngine
-from coordinator.alerts.facts import BreakerFacts, ExchangeFacts, Facts
+from coordinator.alerts.facts import (
+    BreakerFacts,
+    DeadMansSwitchFacts,
+    ExchangeFacts,
+    Facts,
+    TradingFacts,
+)
 from coordinator.alerts.rules import TIMING, evaluate_rules
 from coordinator.alerts.window import WindowCount
 from coordinator.config.alerting import AlertRules
@@ -57,6 +63,32 @@ BREACHES: dict[str, Breach] = {
     ),
     "disk_space_low": lambda f: replace(f, disk_free_pct=9.0),
     "disk_space_critical": lambda f: replace(f, disk_free_pct=4.0),
+    "dead_mans_switch_failing": lambda f: replace(
+        f,
+        dead_mans_switches=(
+            DeadMansSwitchFacts("kraken", "failing", "1 beat(s) in a row failed", 1, 20.0, 60),
+        ),
+    ),
+    "dead_mans_switch_expired": lambda f: replace(
+        f,
+        dead_mans_switches=(
+            DeadMansSwitchFacts("kraken", "expired", "no beat acknowledged", 5, 75.0, 60),
+        ),
+    ),
+    "bot_trading_restricted": lambda f: replace(
+        f,
+        trading=(
+            TradingFacts("kraken", "kraken", "reducing", "exchange:kraken",
+                         "reducing by the exchange kraken switch since t: unwind", False),
+        ),
+    ),
+    "bot_disabled": lambda f: replace(
+        f,
+        trading=(
+            TradingFacts("kraken", "kraken", "halted", "bot:kraken",
+                         "bot kraken is disabled by the execution throttle", True),
+        ),
+    ),
 }
 
 

@@ -149,7 +149,7 @@ async def test_the_summary_counts_bots_by_state_with_a_few_figures_each(
     assert [b["name"] for b in body["bots"]] == ["ndax", "kraken"]
     assert set(body["bots"][0]) == {
         "name", "exchange", "symbol", "mode", "state", "safe_mode", "orders", "fills",
-        "open_orders", "last_tick", "error", "last_refusal",
+        "open_orders", "last_tick", "error", "last_refusal", "trading",
     }  # fmt: skip
 
 

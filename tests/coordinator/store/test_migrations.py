@@ -28,6 +28,7 @@ JOURNAL_TABLES = {
     "audit_chain_head",
     "reconciliation_runs",
     "reconciliation_corrections",
+    "config_approvals",
 }
 
 
