@@ -38,7 +38,7 @@ from coordinator.config.fingerprint import (
     file_hashes,
     pretty_json,
 )
-from coordinator.config.models import CoordinatorConfig
+from coordinator.config.models import BotMode, CoordinatorConfig
 from coordinator.errors import BadRequest, Conflict, CoordinatorError, UnknownBot
 from coordinator.store.journal import SqliteJournal, audit_entry, iso
 from coordinator.store.sqlite import Priority, SqliteStore, Write
@@ -190,6 +190,9 @@ class ConfigGate:
         on_refusal: Callable[[str], None] | None = None,
     ) -> None:
         self.source_dir = config.source_dir
+        # Read-only bots send no order: the gate does not hold them (a --read-only
+        # verification run changes every bot's mode, and so its effective config).
+        self.read_only = frozenset(b.name for b in config.bots.bots if b.mode is BotMode.READ_ONLY)
         self.journal = journal
         self.clock = clock
         self.fingerprints = read.fingerprints
@@ -236,8 +239,12 @@ class ConfigGate:
 
     async def bootstrap(self) -> list[str]:
         """Approve, as "(first start)", the current config of every bot that has no approval at
-        all; returns their names. One write for all of them."""
-        new = [bot for bot in self.fingerprints if bot not in self.approvals]
+        all; returns their names. One write for all of them. Not a read-only bot's: its config
+        (read-only, perhaps only for this run) is not the one it will trade on."""
+        new = [
+            bot for bot in self.fingerprints
+            if bot not in self.approvals and bot not in self.read_only
+        ]  # fmt: skip
         if new:
             await self._record(new, FIRST_START, "no approval recorded yet", "coordinator",
                                "first start")  # fmt: skip
@@ -352,6 +359,9 @@ class ConfigGate:
         (`ConfigNotApproved`, counted)."""
         reason = self.refusal(bot)
         if reason is None:
+            return
+        if bot in self.read_only:
+            log.info("%s: config not approved, started anyway: read-only, it sends no order", bot)
             return
         if approved_by is not None:
             await self._record([bot], approved_by, "accepted with the start", actor, via)

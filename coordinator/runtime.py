@@ -53,7 +53,7 @@ from coordinator.safety.scopes import (
     orders_that_grow,
 )
 from coordinator.store.journal import SqliteJournal, audit_entry, iso
-from coordinator.store.sqlite import MAX_BATCH_JOBS, Priority, SqliteStore
+from coordinator.store.sqlite import MAX_BATCH_JOBS, Priority, SqliteStore, Write
 from coordinator.supervisor import BotRunner, Supervisor
 from coordinator.wiring import PublicExchanges, build_bot_parts
 
@@ -382,24 +382,37 @@ class Coordinator:
                 details=details,
             )
 
-        # The audit entry commits with the state it records: one safety write before the
-        # answer, not two. When nothing was written (active already, or the write failed) the
-        # entry is written on its own, saying so.
+        result = await self._audited_with_state(
+            audit,
+            lambda entry: self.kill_switch.activate(
+                reason, actor, trigger, wait_for_halt, audit=entry
+            ),
+            lambda _: "ok",
+        )
+        if not result["already_active"]:
+            self.metrics.kill_switch_activations.labels(trigger.value).inc()
+        return result
+
+    async def _audited_with_state(
+        self,
+        audit: Callable[[str], Write],
+        act: Callable[[Write], Awaitable[dict[str, Any]]],
+        outcome_of: Callable[[dict[str, Any]], str],
+    ) -> dict[str, Any]:
+        """Run a stopping action whose audit entry commits with the state it records (one
+        safety write before the answer, not two). When nothing was written (no change, or the
+        write failed) the entry is written on its own, saying so."""
         outcome = "cancelled before it finished"
         result: dict[str, Any] | None = None
         try:
-            result = await self.kill_switch.activate(
-                reason, actor, trigger, wait_for_halt, audit=audit("ok")
-            )
-            outcome = "ok"
+            result = await act(audit("ok"))
+            outcome = outcome_of(result)
         except Exception as exc:
             outcome = f"error: {exc!r}"
             raise
         finally:
             if result is None or not result["audited"]:
                 await self.store.write([audit(outcome)], Priority.SAFETY)
-        if not result["already_active"]:
-            self.metrics.kill_switch_activations.labels(trigger.value).inc()
         return result
 
     async def override_kill_switch(self, reason: str, actor: str) -> dict[str, Any]:
@@ -465,19 +478,13 @@ class Coordinator:
             return audit_entry(actor=actor, action=action, subject=scope.key, result=result,
                                at=self.clock(), reason=reason, details=details)
 
-        result: dict[str, Any] | None = None
-        outcome = "cancelled before it finished"
-        try:
-            result = await self.scopes.set(scope, state, reason, actor, trigger, audit("ok"))
-            outcome = "ok" if result["changed"] else (
-                f"unchanged: {scope.describe()} is {result['switch']['state']} already"
-            )
-        except Exception as exc:
-            outcome = f"error: {exc!r}"
-            raise
-        finally:
-            if result is None or not result["audited"]:
-                await self.store.write([audit(outcome)], Priority.SAFETY)
+        result = await self._audited_with_state(
+            audit,
+            lambda entry: self.scopes.set(scope, state, reason, actor, trigger, entry),
+            lambda done: "ok" if done["changed"] else (
+                f"unchanged: {scope.describe()} is {done['switch']['state']} already"
+            ),
+        )
         if result["changed"]:
             self.metrics.trading_switch_changes.labels(scope.kind, state.value).inc()
         return {**result, **self.trading_controls_status()}

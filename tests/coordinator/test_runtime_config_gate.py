@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from coordinator.bot_test import with_mode
 from coordinator.config import load_config
-from coordinator.config.models import CoordinatorConfig
+from coordinator.config.models import BotMode, CoordinatorConfig
 from coordinator.config_approval import FIRST_START, ConfigNotApproved
 from coordinator.errors import BadRequest
 from coordinator.runtime import Coordinator
@@ -247,3 +248,17 @@ async def test_a_config_file_edited_under_a_running_coordinator_shows_in_its_sta
     assert audit["subject"] == "bots.json"
     started = await coordinator.start_bot("ndax", False, "operator-token")
     assert started["config"]["approved"] is True
+
+
+async def test_a_read_only_verification_run_is_not_held_by_the_gate_nor_approves_anything(
+    reopen: Reopen, config: CoordinatorConfig
+) -> None:
+    coordinator = await reopen(with_mode(config, BotMode.READ_ONLY))  # `--read-only`
+    approvals = await audit_of(coordinator, "config.approve")  # the first start's, before
+
+    result = await coordinator.start_sequential("operator-token")
+
+    assert result["started"] == ["ndax", "kraken"]
+    assert result["refused"] == {}
+    assert coordinator.status()["config"]["unapproved_bots"] == ["ndax", "kraken"]
+    assert await audit_of(coordinator, "config.approve") == approvals
