@@ -967,7 +967,7 @@ class Coordinator:
             "refusals": dict(book.refusals),
             "last_refusal": book.last_refusal,
             "order_errors": dict(book.errors),
-            "config": self.config_gate.bot_entry(runner.name),  # the config gate
+            "config": self.config_gate.status_entry(runner.name),  # the config gate
             "partial_fills": dict(book.partial_fill_outcomes),
             # When the last price reached us (the stale market data guard measures from it),
             # and the account self-trade prevention groups the bot by, with who shares it.

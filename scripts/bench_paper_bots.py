@@ -36,10 +36,20 @@ from coordinator.store.sqlite import Priority
 
 def make_config(directory: Path, bots: int, tick: float, unlimited: bool) -> Path:
     source = embedded_config_dir()
+    template = json.loads((source / "bots.json").read_text())["bots"]
+    names = [f"{template[i % len(template)]['name']}-{i:03d}" for i in range(bots)]
     for name in CONFIG_FILES:
         if name == "bots.json":
             continue
         data = json.loads((source / name).read_text())
+        if name == "kill-switch.json" and "execution_throttle" in data:
+            # The shipped per-bot limits, for each copy of the shipped bot they name.
+            throttle = data["execution_throttle"]
+            own = throttle.get("bots", {})
+            throttle["bots"] = {n: own[n.rsplit("-", 1)[0]] for n in names
+                                if n.rsplit("-", 1)[0] in own}
+            if unlimited:  # a DCA buying every 2 s executes 30 buys a minute
+                del data["execution_throttle"]
         if name == "bot-limits.json":
             data["bots"] = {}
             if unlimited:  # measure the order path, not the risk limits' refusals
@@ -47,11 +57,10 @@ def make_config(directory: Path, bots: int, tick: float, unlimited: bool) -> Pat
                 data["global"]["max_concurrent_positions"] = 1000
                 data["global"]["max_total_exposure"] = 10**9
         (directory / name).write_text(json.dumps(data))
-    template = json.loads((source / "bots.json").read_text())["bots"]
     entries = []
     for i in range(bots):
         entry = json.loads(json.dumps(template[i % len(template)]))
-        entry["name"] = f"{entry['name']}-{i:03d}"
+        entry["name"] = names[i]
         entry["tick_interval_seconds"] = tick
         entry["feed"]["seed"] = i + 1
         if entry["strategy"]["name"] == "dca":

@@ -80,7 +80,8 @@ async def test_the_first_start_approves_every_bot_and_records_code_and_config_ha
         assert entry["approved"] is True
         assert entry["approved_by"] == FIRST_START
         assert entry["sha256"] == entry["approved_sha256"]
-        assert entry["code_version"] == status["config"]["code_version"]
+        full = coordinator.config_gate.bot_entry(bot["name"])  # GET /config's, in full
+        assert full["code_version"] == status["config"]["code_version"]
         assert entry["refusals"] == 0
         assert start["details"]["config_sha256"][bot["name"]] == entry["sha256"]
     assert start["details"]["code_version"] == status["config"]["code_version"]
