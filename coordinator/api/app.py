@@ -13,6 +13,8 @@ from aiohttp import web
 
 from coordinator.api.auth import ControlToken
 from coordinator.api.errors import Handler, error_response, json_errors
+from coordinator.api.kill_switch_request import StopSwitchRequest, read_kill_switch_request
+from coordinator.api.methods import method_rules
 from coordinator.api.requests import (
     MAX_BODY_BYTES,
     BreakerResetRequest,
@@ -51,7 +53,9 @@ def make_app(
     coordinator: Coordinator, token: ControlToken, admin_token: ControlToken | None = None
 ) -> web.Application:
     app = web.Application(
-        middlewares=[record_request_metrics(coordinator.metrics), json_errors, require_token],
+        middlewares=[
+            record_request_metrics(coordinator.metrics), json_errors, method_rules, require_token,
+        ],
         client_max_size=MAX_BODY_BYTES,
     )
     app[COORDINATOR] = coordinator
@@ -240,37 +244,47 @@ async def get_kill_switch(request: web.Request) -> web.Response:
 
 
 async def post_kill_switch(request: web.Request) -> web.Response:
-    """Activate (no token needed from this machine), reduce_only (the same), override (token)
-    or force_override (admin token and an approver); `scope` narrows any of them to one
-    exchange or one bot. Without a scope, activate/override are the kill switch as ever."""
-    body = await parse_body(request, KillSwitchRequest)
+    """Activate or reduce_only: never refused from this machine (no token needed; no body, no
+    reason, any body at all still stops: coordinator/api/kill_switch_request.py). override
+    (token) and force_override (admin token and an approver) are strict. `scope` narrows any of
+    them to one exchange or one bot; without it, activate/override are the kill switch."""
+    body = await read_kill_switch_request(request)
     coordinator = request.app[COORDINATOR]
     who = _credential(request)
+    if isinstance(body, StopSwitchRequest):
+        return web.json_response(await _stop(request, body, who))
     scope = None
     if body.scope is not None:
         scope = coordinator.scope_of(body.scope.exchange, body.scope.bot)
-    if body.action in ("activate", "reduce_only"):
-        return web.json_response(await _stop(request, body, scope, who))
     return web.json_response(await _lift(request, body, scope, who))
 
 
 async def _stop(
-    request: web.Request, body: KillSwitchRequest, scope: Scope | None, who: str | None
+    request: web.Request, body: StopSwitchRequest, who: str | None
 ) -> dict[str, Any]:
     if who is None and not _from_loopback(request):
         raise Unauthorized(f"{body.action} from another machine needs a token")
     coordinator = request.app[COORDINATOR]
     actor = who or LOOPBACK
+    notes = list(body.notes)
+    scope: Scope | None = None
+    if body.scope is not None:
+        try:
+            scope = coordinator.scope_of(body.scope.exchange, body.scope.bot)
+        except NotFound as exc:  # stopping more than asked is the safe side of a typo
+            notes.append(f"{exc.message}; applied to every bot instead")
     if body.action == "reduce_only":
-        return await coordinator.set_trading_state(
+        result = await coordinator.set_trading_state(
             scope or GLOBAL_SCOPE, TradingState.REDUCING, body.reason, actor
         )
-    if scope is not None:
-        return await coordinator.set_trading_state(
+    elif scope is not None:
+        result = await coordinator.set_trading_state(
             scope, TradingState.HALTED, body.reason, actor
         )
-    # The answer comes once the gate is closed and durable; the halt goes on after it.
-    return await coordinator.activate_kill_switch(body.reason, actor, wait_for_halt=False)
+    else:
+        # The answer comes once the gate is closed and durable; the halt goes on after it.
+        result = await coordinator.activate_kill_switch(body.reason, actor, wait_for_halt=False)
+    return {**result, "notes": notes} if notes else result
 
 
 async def _lift(

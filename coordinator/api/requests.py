@@ -120,7 +120,12 @@ async def parse_body(request: web.Request, model: type[Model]) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise BadRequest("; ".join(_describe(error) for error in exc.errors())) from exc
+        raise BadRequest(describe_errors(exc)) from exc
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """Every problem of a request body, each naming its field and the reason."""
+    return "; ".join(_describe(error) for error in exc.errors())
 
 
 def _describe(error: Any) -> str:

@@ -242,9 +242,10 @@ async def test_every_post_route_needs_the_token(
     # (tests/coordinator/api/test_reconcile_api.py).
     posts.remove("/reconcile")
 
-    for path in posts:
+    for template in posts:
+        path = template.replace("{name}", "ndax")  # a route of one bot: a bot that exists
         error = await error_of(await client.post(path, json={"bot": "ndax"}), 401)
-        assert error["code"] == "unauthorized", path
+        assert error["code"] == "unauthorized", template
     assert set((await states(client)).values()) == {"stopped"}
 
 
@@ -508,3 +509,51 @@ async def test_a_bad_audit_limit_is_a_400(client: TestClient, limit: str) -> Non
 
     assert error["code"] == "bad_request"
     assert "limit" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/status", "GET,HEAD"),
+        ("DELETE", "/kill-switch", "GET,HEAD,POST"),
+        ("PATCH", "/bots/ndax", "GET,HEAD"),
+        ("PUT", "/bots/ndax/enable", "POST"),
+    ],
+)
+async def test_a_method_a_route_does_not_have_is_405_with_allow_before_any_token_is_asked(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    response = await client.request(method, path)  # no token: 405 all the same, never 401
+
+    error = await error_of(response, 405)
+    assert error["code"] == "method_not_allowed"
+    assert response.headers["Allow"].replace(" ", "") == allow
+
+
+async def test_an_unknown_route_is_404_without_a_token_too(client: TestClient) -> None:
+    error = await error_of(await client.put("/nope"), 404)
+
+    assert error["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("path", "allow"), [("/status", "GET,HEAD,OPTIONS"), ("/kill-switch", "GET,HEAD,OPTIONS,POST")]
+)
+async def test_options_answers_204_with_the_routes_methods_and_no_cors(
+    client: TestClient, path: str, allow: str
+) -> None:
+    response = await client.options(path, headers={"Origin": "https://example.com"})
+
+    assert response.status == 204
+    assert response.headers["Allow"].replace(" ", "") == allow
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert await response.read() == b""
+
+
+async def test_head_is_a_get_without_its_body(client: TestClient) -> None:
+    got = await client.get("/status")
+    head = await client.head("/status")
+
+    assert head.status == got.status == 200
+    assert head.headers["Content-Type"] == got.headers["Content-Type"]
+    assert await head.read() == b""

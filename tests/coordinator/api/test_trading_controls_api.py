@@ -197,22 +197,24 @@ async def test_a_scope_has_its_own_cooldown_and_its_override_needs_a_token(
 
 
 @pytest.mark.parametrize(
-    ("scope", "status_code", "field"),
+    ("scope", "field"),
     [
-        ({"exchange": "binance"}, 404, "scope.exchange"),
-        ({"bot": "nobody"}, 404, "scope.bot"),
-        ({"exchange": "kraken", "bot": "kraken"}, 400, "scope"),
-        ({}, 400, "scope"),
-        ({"venue": "kraken"}, 400, "scope.venue"),
+        ({"exchange": "binance"}, "scope.exchange: no bot trades on 'binance'"),
+        ({"bot": "nobody"}, "scope.bot: no bot named 'nobody'"),
+        ({"exchange": "kraken", "bot": "kraken"}, "scope: body: Value error, name an exchange"),
+        ({"venue": "kraken"}, "scope: venue: unknown field"),
     ],
 )
-async def test_a_scope_that_names_nothing_known_is_refused_naming_the_field(
-    client: TestClient, scope: dict[str, str], status_code: int, field: str
+async def test_a_scope_that_names_nothing_known_stops_everything_and_says_why(
+    client: TestClient, coordinator: Coordinator, scope: dict[str, str], field: str
 ) -> None:
     code, body = await post(client, {"action": "activate", "reason": "x", "scope": scope})
 
-    assert code == status_code
-    assert body["error"]["message"].startswith(field)
+    assert code == 200, body
+    assert coordinator.kill_switch.active  # stopping more than asked, never less
+    [note] = body["notes"]
+    assert note.startswith(field)
+    assert note.endswith("applied to every bot instead")
 
 
 # -- reduce-only -----------------------------------------------------------------------------------
