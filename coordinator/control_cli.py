@@ -1,8 +1,8 @@
 """`bot-coordinator kill-switch ...` and `bot-coordinator bot enable ...`: the trading controls
 from a terminal.
 
-    kill-switch activate    [--exchange X | --bot B] --reason R
-    kill-switch reduce-only [--exchange X | --bot B] --reason R
+    kill-switch activate    [--exchange X | --bot B] [--reason R]
+    kill-switch reduce-only [--exchange X | --bot B] [--reason R]
     kill-switch override    [--exchange X | --bot B] --reason R
     kill-switch force-override [--exchange X | --bot B] --reason R --approved-by WHO
     bot enable NAME --approved-by WHO [--reason R]
@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from coordinator.api.auth import TokenError, load_or_create_admin_token
+from coordinator.api.kill_switch_request import NO_REASON
 from coordinator.config.models import CoordinatorConfig
 from coordinator.control_client import ControlPlaneError, ask_running
 from coordinator.errors import CoordinatorError
@@ -54,7 +55,13 @@ def add_control_commands(subparsers: Any) -> None:
         scope = action.add_mutually_exclusive_group()
         scope.add_argument("--exchange", help="only the bots on this exchange")
         scope.add_argument("--bot", dest="scope_bot", help="only this bot")
-        action.add_argument("--reason", required=True, help="why (recorded and audited)")
+        lifting = name in ("override", "force-override")
+        action.add_argument(
+            "--reason",
+            required=lifting,
+            default=None if lifting else NO_REASON,
+            help="why (recorded and audited)" + ("" if lifting else f"; default {NO_REASON!r}"),
+        )
         if name == "force-override":
             action.add_argument("--approved-by", required=True, help="who approved it")
     bot = subparsers.add_parser("bot", help="one bot's controls")

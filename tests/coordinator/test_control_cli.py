@@ -131,3 +131,12 @@ def test_lifting_needs_a_running_coordinator_and_enabling_a_bot_that_is_not_disa
     assert "bot 'kraken' is not disabled" in err
     assert "no bot named 'nobody'" in err
     assert "--approved-by: must not be blank" in err
+
+
+def test_activating_from_the_cli_needs_no_reason(
+    journal_dir: tuple[Path, Path], tmp_path: Path
+) -> None:
+    assert run(journal_dir, tmp_path, "kill-switch", "activate") == 0
+
+    status = reopened(journal_dir)
+    assert status["kill_switch"]["reason"] == "(no reason given)"
