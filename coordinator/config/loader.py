@@ -166,6 +166,8 @@ def _read_json(directory: Path, file: str) -> tuple[Any, list[ConfigIssue]]:
         return None, [ConfigIssue(file, "$", reason)]
     except ValueError as exc:
         return None, [ConfigIssue(file, "$", f"invalid JSON: {exc}")]
+    if data is None:  # JSON `null`: a document, but not one (None means "could not read")
+        return None, [ConfigIssue(file, "$", "must be a JSON object, not null")]
     issues: list[ConfigIssue] = []
     return _plain(data, file, (), issues), issues
 

@@ -454,3 +454,12 @@ def test_max_retries_zero_and_a_complete_fill_ratio_are_allowed(
     recovery = load_config(config_dir).recovery
     assert (recovery.retry.max_retries, recovery.retry.jitter) == (0, 0)
     assert recovery.partial_fills.acceptable_fill_ratio == 1
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_a_file_that_is_json_null_is_refused_naming_it(
+    config_dir: Path, name: str
+) -> None:
+    (config_dir / name).write_text("null")
+
+    assert lines_of(config_dir) == [f"{name}: $: must be a JSON object, not null"]
