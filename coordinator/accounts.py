@@ -1,14 +1,15 @@
 """Trading accounts: one ccxt instance per (exchange, API key), shared by the bots on it.
 
 The nonce is per key, so bots that share a key must share an instance. Credentials are read
-from the environment variables bots.json names; their values are never logged, printed or
-returned, and a missing one is reported by the variable's name only.
+from the environment variables bots.json names, or a credentials file of mode 0600
+(`coordinator/secrets.py`); their values are never logged, printed or returned (and are
+redacted wherever text that is not ours might carry them), and a missing one is reported by the
+variable's name only.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 from bots.exchanges.ccxt_adapter import required_credentials
 from coordinator.config.models import BotConfig, CredentialsConfig
+from coordinator.credentials import CredentialsFileError, credentials_source, register
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class AccountKey:
 
 def read_credentials(bot: BotConfig, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The ccxt credential fields for `bot`, from the environment."""
-    env = os.environ if environ is None else environ
+    env = load_credentials_source() if environ is None else environ
     names = _named_variables(bot.credentials)
     unnamed = [field for field in required_credentials(bot.exchange) if field not in names]
     if unnamed:
@@ -56,7 +58,18 @@ def read_credentials(bot: BotConfig, environ: Mapping[str, str] | None = None) -
             f"bot {bot.name!r} ({bot.mode.value}): environment variable(s) "
             f"{', '.join(sorted(missing))} not set"
         )
-    return {field: env[variable] for field, variable in names.items()}
+    credentials = {field: env[variable] for field, variable in names.items()}
+    register(*credentials.values())  # hidden from every log line, audit entry and answer
+    return credentials
+
+
+def load_credentials_source(environ: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """The environment laid over the credentials file's variables (blocking: it may read the
+    file; `Coordinator.open` runs it in a thread). MissingCredentials names a bad file."""
+    try:
+        return credentials_source(environ)
+    except CredentialsFileError as exc:
+        raise MissingCredentials(str(exc)) from None
 
 
 def _named_variables(credentials: CredentialsConfig) -> dict[str, str]:

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from coordinator.credentials import redact
+
 LOG_FILE = "bot-coordinator.log"
 MAX_BYTES = 10 * 1024 * 1024
 BACKUP_COUNT = 5
@@ -49,10 +51,10 @@ class _PreparingQueueHandler(logging.handlers.QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         prepared = logging.makeLogRecord(record.__dict__)
-        prepared.msg = record.getMessage()
+        prepared.msg = redact(record.getMessage())  # no credential in any line
         prepared.args = None
         if record.exc_info:
-            prepared.exc_text = logging.Formatter().formatException(record.exc_info)
+            prepared.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         prepared.exc_info = None
         return prepared
 

@@ -27,13 +27,14 @@ from bots.feeds.simulated import SimulatedFeed
 from bots.ids import ClientOrderIds
 from bots.journal import JournalOrder
 from coordinator import __version__
-from coordinator.accounts import Accounts
+from coordinator.accounts import Accounts, load_credentials_source
 from coordinator.alerts.notifier import notifier_from_config
 from coordinator.alerts.service import AlertService
 from coordinator.alerts.window import OutcomeWindow
 from coordinator.backups.service import BackupService
 from coordinator.config.models import CoordinatorConfig, MarketDataSource
 from coordinator.config_approval import ConfigGate, check_accept
+from coordinator.credentials import redact
 from coordinator.errors import Conflict, CoordinatorError, ShuttingDown, WrongState
 from coordinator.failover import EndpointFailover
 from coordinator.health import HealthMonitor, Probe
@@ -146,11 +147,15 @@ class Coordinator:
         store = await SqliteStore.open(data_dir / DATABASE_FILE, max_batch_jobs)
         store.on_commit = metrics.committed
         public = PublicExchanges()
-        accounts = accounts or Accounts(
-            lambda exchange, credentials, ssl_context: make_private_exchange(
-                exchange, credentials, ssl_context
+        if accounts is None:
+            # The environment, and the credentials file it may name (read in a thread).
+            source = await asyncio.to_thread(load_credentials_source)
+            accounts = Accounts(
+                lambda exchange, credentials, ssl_context: make_private_exchange(
+                    exchange, credentials, ssl_context
+                ),
+                source,
             )
-        )
         try:
             journal = SqliteJournal(store)
             # The kill switch is read back before anything else: no bot may start while it is
@@ -962,10 +967,10 @@ class Coordinator:
             "restarts": runner.restarts,
             "consecutive_crashes": runner.consecutive_crashes,
             "next_restart_at": iso(runner.next_restart_at) if runner.next_restart_at else None,
-            "error": runner.last_error,
+            "error": redact(runner.last_error) if runner.last_error else None,
             "unresolved_orders": list(runner.unresolved_orders),
             "refusals": dict(book.refusals),
-            "last_refusal": book.last_refusal,
+            "last_refusal": redact(book.last_refusal) if book.last_refusal else None,
             "order_errors": dict(book.errors),
             "config": self.config_gate.status_entry(runner.name),  # the config gate
             "partial_fills": dict(book.partial_fill_outcomes),

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from coordinator.credentials import redact
 from coordinator.errors import CoordinatorError
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
     return web.json_response(
-        {"error": {"code": code, "message": message}}, status=status, headers=headers
+        {"error": {"code": code, "message": redact(message)}}, status=status, headers=headers
     )
 
 

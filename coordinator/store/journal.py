@@ -22,6 +22,7 @@ from bots.journal import (
 )
 from bots.ledger import Position
 from bots.models import OrderType, Side
+from coordinator.credentials import redact
 from coordinator.store.audit_chain import AuditAppend
 from coordinator.store.sqlite import Expect, Priority, SqliteStore, Statement, Write
 
@@ -343,9 +344,9 @@ def audit_entry(
         actor,
         action,
         subject,
-        reason,
-        result,
-        json.dumps(dict(details or {}), default=str, sort_keys=True),
+        redact(reason) if reason is not None else None,
+        redact(result),
+        redact(json.dumps(dict(details or {}), default=str, sort_keys=True)),
     )
 
 
