@@ -15,6 +15,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -45,6 +46,7 @@ from coordinator.reconcile_cli import add_reconcile_command, reconcile
 from coordinator.runtime import DATABASE_FILE
 from coordinator.server import ServerOptions, StartupError, serve
 from coordinator.store.sqlite import StoreError
+from coordinator.token_cli import add_token_commands, refuse_exposure, run_token_command
 from coordinator.verify_cli import run_verify_data
 
 log = logging.getLogger("coordinator")
@@ -119,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backup_commands(commands)
     add_monitor_command(commands)
     add_analyze_logs_command(commands)
+    add_token_commands(commands)
     return parser
 
 
@@ -154,6 +157,8 @@ def _before_config(args: argparse.Namespace) -> int | None:
     """The commands that run before (or without) a valid config; None for the others."""
     if args.verify_data:  # the data can be checked while the config is broken
         return run_verify_data(args)
+    if args.command == "token":  # rotation: the token files and the running coordinator only
+        return run_token_command(args)
     if args.command == "analyze-logs":  # reads the log; must not write to it, nor need a config
         return run_analyze_logs(args)
     if args.command == "monitor":  # a process of its own, watching the coordinator from outside
@@ -249,6 +254,11 @@ def _on_journal(args: argparse.Namespace, command: Callable[[bool], int]) -> int
 def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) -> int:
     if config_dir != DEFAULT_CONFIG_DIR and args.config_dir is None:
         log.info("no ./config here: running on the embedded default config (%s)", config_dir)
+    if (refused := refuse_exposure(args.host, args.data_dir)) is not None:
+        return refused
+    # A SIGHUP (`token rotate`) between taking the lock and the server's own handler must not
+    # end the process: ignored until `serve` installs the handler that re-reads the tokens.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         args.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if args.data_dir.stat().st_mode & 0o077:

@@ -10,6 +10,7 @@ import asyncio
 import errno
 import logging
 import signal
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from coordinator.api.app import make_app
 from coordinator.api.auth import ControlToken
 from coordinator.config.models import CoordinatorConfig
 from coordinator.runtime import Coordinator
+from coordinator.token_cli import token_reloader
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +47,17 @@ async def serve(
     admin_token: ControlToken | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve until `stop` is set (by a signal, when not given)."""
+    """Serve until `stop` is set (by a signal, when not given; then SIGHUP runs the re-read
+    hooks too)."""
+    on_signals = stop is None
     stop = stop or stop_on_signals()
     coordinator = await Coordinator.open(config, options.data_dir, backup_dir=options.backup_dir)
+    # What SIGHUP re-reads, in order: the token files (token rotation); a config reload
+    # appends its own hook here.
+    tokens = {"operator": token} | ({"admin": admin_token} if admin_token is not None else {})
+    reload_hooks: list[ReloadHook] = [token_reloader(coordinator, tokens)]
+    if on_signals:
+        reload_on_sighup(reload_hooks)
     runner = web.AppRunner(
         make_app(coordinator, token, admin_token), access_log=None, handle_signals=False
     )
@@ -88,6 +98,31 @@ async def _shutdown(coordinator: Coordinator, runner: web.AppRunner) -> None:
     finally:
         await runner.cleanup()
     log.info("stopped cleanly in %.2fs", loop.time() - began)
+
+
+ReloadHook = Callable[[], Awaitable[None]]
+
+
+def reload_on_sighup(hooks: Sequence[ReloadHook]) -> None:
+    """On SIGHUP run every hook in turn; one that fails is logged and the others still run.
+    The list is read at each signal, so a hook appended later is run too."""
+    loop = asyncio.get_running_loop()
+    running: set[asyncio.Task[None]] = set()
+
+    async def run_hooks() -> None:
+        for hook in list(hooks):
+            try:
+                await hook()
+            except Exception as exc:
+                log.error("SIGHUP: a re-read failed: %r", exc, exc_info=exc)
+
+    def on_sighup() -> None:
+        log.info("SIGHUP received: re-reading")
+        task = loop.create_task(run_hooks())
+        running.add(task)  # held until done: the loop keeps only a weak reference
+        task.add_done_callback(running.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -6,12 +6,13 @@ every mutating request needs `Authorization: Bearer <token>`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from coordinator.api.auth import ControlToken
+from coordinator.api.auth import AuthThrottle, ControlToken, FailureAudit, is_loopback_address
 from coordinator.api.errors import Handler, error_response, json_errors
 from coordinator.api.kill_switch_request import StopSwitchRequest, read_kill_switch_request
 from coordinator.api.methods import method_rules
@@ -28,7 +29,14 @@ from coordinator.api.requests import (
     StopRequest,
     parse_body,
 )
-from coordinator.errors import BadRequest, Forbidden, NotFound, ShuttingDown, Unauthorized
+from coordinator.errors import (
+    BadRequest,
+    CoordinatorError,
+    Forbidden,
+    NotFound,
+    ShuttingDown,
+    Unauthorized,
+)
 from coordinator.metrics import CONTENT_TYPE
 from coordinator.metrics.http import record_request_metrics
 from coordinator.reconcile.model import render_table
@@ -36,10 +44,13 @@ from coordinator.runtime import Coordinator
 from coordinator.safety.scopes import GLOBAL_SCOPE, Scope, TradingState
 from coordinator.service_health import UNHEALTHY, HealthCheck
 
+log = logging.getLogger(__name__)
+
 COORDINATOR = web.AppKey("coordinator", Coordinator)
 HEALTH = web.AppKey("health", HealthCheck)
 TOKEN = web.AppKey("token", ControlToken)
 ADMIN_TOKEN = web.AppKey("admin_token", ControlToken)
+AUTH_THROTTLE = web.AppKey("auth_throttle", AuthThrottle)
 
 OPERATOR = "operator-token"
 ADMIN = "admin-token"
@@ -63,6 +74,7 @@ def make_app(
     app[TOKEN] = token
     if admin_token is not None:
         app[ADMIN_TOKEN] = admin_token
+    app[AUTH_THROTTLE] = AuthThrottle()
     app.router.add_get("/status", get_status)
     app.router.add_get("/bots/{name}", get_bot)
     app.router.add_post("/bots/{name}/enable", post_enable_bot)
@@ -86,17 +98,41 @@ def make_app(
     from coordinator.api.config_routes import add_config_routes
 
     add_config_routes(app)  # GET /config, GET /config/diff, POST /config/approve
+    from coordinator.api.openapi import add_openapi_route  # GET /openapi.json, every route
+
+    add_openapi_route(app)
     return app
 
 
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.method not in _MUTATING or request.path in _OWN_AUTH:
+    """The token on every mutating request, and the failed-authentication rate limit: a peer
+    that presented a wrong token too often gets 429 until its window passes (`AuthThrottle`),
+    except a stop from this machine, which is never refused. /kill-switch and /reconcile judge
+    the credential themselves (`_credential`); a wrong token sent to them counts too."""
+    if request.method not in _MUTATING:
         return await handler(request)
-    token = request.app[TOKEN]
+    peer = peer_address(request)
+    retry_after = request.app[AUTH_THROTTLE].retry_after(peer)
+    if retry_after is not None and not await _loopback_stop(request):
+        return error_response(
+            429,
+            "too_many_requests",
+            f"too many failed authentications from {peer}: try again in {retry_after}s",
+            {"Retry-After": str(retry_after)},
+        )
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
-    challenge = {"WWW-Authenticate": 'Bearer realm="bot-coordinator"'}
+    if header and retry_after is None and _match(request, scheme, presented) is None:
+        await _auth_failed(request, peer)
+        if request.path not in _OWN_AUTH:
+            return error_response(
+                401, "unauthorized", "invalid token", {"WWW-Authenticate": _CHALLENGE}
+            )
+    if request.path in _OWN_AUTH:
+        return await handler(request)
+    token = request.app[TOKEN]
+    challenge = {"WWW-Authenticate": _CHALLENGE}
     if not header:
         return error_response(
             401,
@@ -108,6 +144,72 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     if scheme.lower() != "bearer" or not token.matches(presented.strip()):
         return error_response(401, "unauthorized", "invalid token", challenge)
     return await handler(request)
+
+
+_CHALLENGE = 'Bearer realm="bot-coordinator"'
+UNAUTHENTICATED = "unauthenticated"
+
+
+def peer_address(request: web.Request) -> str:
+    """The socket's peer address (the transport's peername), never a header: X-Forwarded-For
+    and Forwarded are written by the client, and no proxy of ours stands in front."""
+    transport = request.transport
+    peername = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peername, tuple) and peername and isinstance(peername[0], str):
+        return peername[0]
+    return "unknown"
+
+
+def _match(request: web.Request, scheme: str, presented: str) -> str | None:
+    """ADMIN or OPERATOR for a bearer token that is one of them; None otherwise."""
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
+        return None
+    admin = request.app.get(ADMIN_TOKEN)
+    if admin is not None and admin.matches(presented):
+        return ADMIN
+    if request.app[TOKEN].matches(presented):
+        return OPERATOR
+    return None
+
+
+async def _auth_failed(request: web.Request, peer: str) -> None:
+    """Count a wrong token against its peer, and audit it when the throttle says so."""
+    audit = request.app[AUTH_THROTTLE].record_failure(peer)
+    if audit is not None:
+        await _audit_failure(request, peer, audit)
+
+
+async def _audit_failure(request: web.Request, peer: str, audit: FailureAudit) -> None:
+    coordinator = request.app[COORDINATOR]
+    throttle = request.app[AUTH_THROTTLE]
+    try:
+        await coordinator.journal.audit(
+            actor=UNAUTHENTICATED,
+            action="auth.failed",
+            result=audit.result,
+            at=coordinator.clock(),
+            subject=f"{request.method} {request.path}",
+            details={
+                "peer": peer,
+                "failures_in_window": audit.failures,
+                "max_failures": throttle.max_failures,
+                "window_seconds": throttle.window_seconds,
+            },
+        )
+    except Exception as exc:  # the refusal stands whether or not its audit entry was written
+        log.error("could not audit a failed authentication from %s: %r", peer, exc)
+
+
+async def _loopback_stop(request: web.Request) -> bool:
+    """A kill switch activation or reduce-only from this machine: never rate-limited."""
+    if request.path != "/kill-switch" or not _from_loopback(request):
+        return False
+    try:
+        body = await read_kill_switch_request(request)
+    except CoordinatorError:
+        return False  # a malformed lift; a stop is never refused by the reader
+    return isinstance(body, StopSwitchRequest)
 
 
 def fast_json(document: Any, status: int = 200) -> web.Response:
@@ -217,22 +319,19 @@ async def post_paper_drill(request: web.Request) -> web.Response:
 
 
 def _credential(request: web.Request) -> str | None:
-    """ADMIN or OPERATOR for a valid bearer token; None for none or a wrong one."""
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
+    """ADMIN or OPERATOR for a valid bearer token; None for none or a wrong one, and for any
+    token from a peer the rate limit blocks (only its stops from loopback get this far, and
+    they are taken as loopback's: a blocked peer's guesses are not checked)."""
+    if request.app[AUTH_THROTTLE].retry_after(peer_address(request)) is not None:
         return None
-    presented = presented.strip()
-    admin = request.app.get(ADMIN_TOKEN)
-    if admin is not None and admin.matches(presented):
-        return ADMIN
-    if request.app[TOKEN].matches(presented):
-        return OPERATOR
-    return None
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    return _match(request, scheme, presented)
 
 
 def _from_loopback(request: web.Request) -> bool:
-    remote = request.remote or ""
-    return remote == "::1" or remote.startswith("127.")
+    """The socket's peer is this machine (`peer_address`; a forwarding header counts for
+    nothing)."""
+    return is_loopback_address(peer_address(request))
 
 
 async def get_kill_switch(request: web.Request) -> web.Response:

@@ -1,0 +1,198 @@
+"""The control plane's answers, as pydantic models, for the OpenAPI document only.
+
+The handlers answer plain dicts built by the Coordinator; these models describe the stable top
+level of each answer so `coordinator/api/openapi.py` can publish a schema for it. They are
+deliberately permissive: a key listed here is one every answer carries (required, typed only as
+far as it is certain), anything else is allowed (`extra="allow"`), because a schema that the
+real answers violate is worse than none (issue 14: the live server is fuzzed against it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(BaseModel):
+    """`code` is stable (for programs), `message` says what went wrong (for people)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every failure, whatever the status: `{"error": {"code", "message"}}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail
+
+
+class BotStatus(_Answer):
+    """One bot, as in `/status` `bots[]` and `GET /bots/{name}`."""
+
+    name: str
+    exchange: str
+    symbol: str
+    mode: str
+    state: str
+    orders: Any
+    fills: Any
+    position: Any
+    pnl: Any
+    last_tick: Any
+    restarts: Any
+    error: Any
+
+
+class StatusResponse(_Answer):
+    kill_switch_active: bool
+    kill_switch: dict[str, Any]
+    circuit_breaker: Any
+    bots: list[BotStatus]
+
+
+class BotSummary(_Answer):
+    name: str
+    state: str
+
+
+class StatusSummaryResponse(_Answer):
+    """`/status?view=summary`: the dashboard's figures."""
+
+    kill_switch_active: bool
+    circuit_breaker_tripped: bool
+    accepting_actions: bool
+    bot_states: dict[str, int]
+    bots: list[BotSummary]
+
+
+class HealthResponse(_Answer):
+    """`status` is healthy, degraded (both 200) or unhealthy (503)."""
+
+    status: str
+    services: dict[str, Any]
+    checked_at: Any
+
+
+class AlertsResponse(_Answer):
+    firing: list[Any]
+    pending: list[Any]
+    resolved: list[Any]
+
+
+class AuditEvent(_Answer):
+    id: int
+    at: str
+    actor: str
+    action: str
+    result: Any
+
+
+class AuditResponse(_Answer):
+    events: list[AuditEvent]
+
+
+class StartResponse(_Answer):
+    started: str
+    bot: dict[str, Any]
+
+
+class StopResponse(_Answer):
+    stopped: str
+    bot: dict[str, Any]
+
+
+class StartSequentialResponse(_Answer):
+    """`ok` is true when nothing failed and nothing was refused."""
+
+    ok: bool
+    started: list[str]
+    refused: Any
+    failed: Any
+
+
+class PaperDrillResponse(_Answer):
+    bot: str
+    drill: dict[str, Any]
+
+
+class EnableResponse(_Answer):
+    bot: str
+    enabled: dict[str, Any]
+    state: str
+
+
+class BreakerStatus(_Answer):
+    name: str
+    state: str
+
+
+class BreakersResponse(_Answer):
+    # `global` is a Python keyword: the field has an alias, the schema names the key.
+    global_: BreakerStatus = Field(alias="global")
+    exchanges: dict[str, BreakerStatus]
+
+
+class KillSwitchStatus(_Answer):
+    """The kill switch itself: `GET /kill-switch` (with `trading_controls` beside it) and the
+    answer to activating or lifting it."""
+
+    active: bool
+    reason: Any
+    by: Any
+    at: Any
+
+
+class ScopedSwitchAnswer(_Answer):
+    """The answer to a request with a `scope`, or to lifting a global reduce-only."""
+
+    trading_controls: dict[str, Any]
+
+
+class ReconcileReport(_Answer):
+    run_id: Any
+    applied: bool
+    clean: bool
+    summary: dict[str, Any]
+    bots: list[Any]
+
+
+class ReconcileRunsResponse(_Answer):
+    """The newest report of this process (null before the first) and the recent runs."""
+
+    last: ReconcileReport | None
+    runs: list[Any]
+
+
+class BackupsResponse(_Answer):
+    backups: list[dict[str, Any]]
+    latest: Any
+
+
+class BackupCreated(_Answer):
+    name: str
+    created_at: str
+    size: int
+    files: Any
+
+
+class ConfigResponse(_Answer):
+    code_version: str
+    bots: dict[str, Any]
+
+
+class ConfigDiffResponse(_Answer):
+    bots: dict[str, Any]
+
+
+class ConfigApproveResponse(_Answer):
+    approved: list[Any]
+    unchanged: list[Any]
