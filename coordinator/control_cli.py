@@ -21,7 +21,9 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from coordinator.api.auth import TokenError, load_or_create_admin_token
@@ -30,9 +32,9 @@ from coordinator.config.models import CoordinatorConfig
 from coordinator.control_client import ControlPlaneError, ask_running
 from coordinator.errors import CoordinatorError
 from coordinator.runtime import DATABASE_FILE
-from coordinator.safety.execution_throttle import ExecutionThrottle
-from coordinator.safety.kill_switch import KillSwitch, Trigger
-from coordinator.safety.scopes import ScopedSwitches, TradingState
+from coordinator.safety.kill_switch import Trigger
+from coordinator.safety.layer import SafetyLayer
+from coordinator.safety.scopes import TradingState
 from coordinator.store.journal import SqliteJournal, audit_entry
 from coordinator.store.sqlite import SqliteStore
 
@@ -115,39 +117,41 @@ def _switch(args: argparse.Namespace, config: CoordinatorConfig, running: bool) 
     return 0
 
 
-async def _set_in_store(
-    args: argparse.Namespace, config: CoordinatorConfig, action: str, scope: dict[str, str]
-) -> dict[str, Any]:
+@asynccontextmanager
+async def _safety_in_store(
+    args: argparse.Namespace, config: CoordinatorConfig
+) -> AsyncIterator[tuple[SqliteJournal, SafetyLayer]]:
+    """The journal of the data dir and its safety state read back, as a coordinator would."""
     store = await SqliteStore.open(args.data_dir / DATABASE_FILE)
     try:
         journal = SqliteJournal(store)
+        safety = SafetyLayer(config, journal, lambda: datetime.now(UTC))
+        await safety.load()
+        yield journal, safety
+        await safety.flush()
+    finally:
+        await store.close()
+
+
+async def _set_in_store(
+    args: argparse.Namespace, config: CoordinatorConfig, action: str, scope: dict[str, str]
+) -> dict[str, Any]:
+    async with _safety_in_store(args, config) as (_, safety):
         now = datetime.now(UTC)
-
-        def clock() -> datetime:
-            return datetime.now(UTC)
-
         audit_details = {"reason": args.reason, "scope": scope or "everything"}
         if action == "activate" and not scope:
-            switch = KillSwitch(config.kill_switch, config.recovery, journal, clock)
-            await switch.load()
             audit = audit_entry(actor=ACTOR, action="kill_switch.activate", result="ok", at=now,
                                 reason=args.reason, details=audit_details)
-            return await switch.activate(args.reason, ACTOR, Trigger.MANUAL, audit=audit)
-        switches = ScopedSwitches(
-            journal,
-            clock,
-            timedelta(minutes=config.recovery.recovery.cooldown_period_minutes),
-            {bot.name: bot.exchange for bot in config.bots.bots},
-        )
-        await switches.load()
+            return await safety.kill_switch.activate(
+                args.reason, ACTOR, Trigger.MANUAL, audit=audit
+            )
+        switches = safety.scopes
         target = switches.scope(exchange=scope.get("exchange"), bot=scope.get("bot"))
         state = TradingState.REDUCING if action == "reduce_only" else TradingState.HALTED
         name = "trading.reduce_only" if action == "reduce_only" else "trading.halt"
         audit = audit_entry(actor=ACTOR, action=name, subject=target.key, result="ok", at=now,
                             reason=args.reason, details=audit_details)
         return await switches.set(target, state, args.reason, ACTOR, Trigger.MANUAL.value, audit)
-    finally:
-        await store.close()
 
 
 # -- bot enable ------------------------------------------------------------------------------------
@@ -171,16 +175,10 @@ def _enable(args: argparse.Namespace, config: CoordinatorConfig, running: bool) 
 
 
 async def _enable_in_store(args: argparse.Namespace, config: CoordinatorConfig) -> dict[str, Any]:
-    store = await SqliteStore.open(args.data_dir / DATABASE_FILE)
-    try:
-        journal = SqliteJournal(store)
-        throttle = ExecutionThrottle(
-            config.kill_switch.execution_throttle, journal, lambda: datetime.now(UTC)
-        )
-        await throttle.load()
+    async with _safety_in_store(args, config) as (journal, safety):
         details = {"approved_by": args.approved_by, "reason": args.reason}
         try:
-            result = await throttle.enable(args.name, ACTOR, args.approved_by, args.reason)
+            result = await safety.throttle.enable(args.name, ACTOR, args.approved_by, args.reason)
         except CoordinatorError as exc:
             await journal.audit(actor=ACTOR, action="bot.enable", subject=args.name,
                                 result=f"refused: {exc.message}", at=datetime.now(UTC),
@@ -189,8 +187,6 @@ async def _enable_in_store(args: argparse.Namespace, config: CoordinatorConfig) 
         await journal.audit(actor=ACTOR, action="bot.enable", subject=args.name, result="ok",
                             at=datetime.now(UTC), reason=args.reason, details=details)
         return result
-    finally:
-        await store.close()
 
 
 # -- the running coordinator ---------------------------------------------------------------------

@@ -53,8 +53,8 @@ class ExecutionThrottle:
         self._writes: set[asyncio.Future[None]] = set()
         self.revision = 0  # moves at every change: part of each bot's status document's key
 
-    async def load(self) -> None:
-        stored = await self.journal.load_safety_state()
+    def load(self, stored: Mapping[str, Mapping[str, Any]]) -> None:
+        """Read the disablements back from the safety state (`journal.load_safety_state()`)."""
         for key, value in stored.items():
             if not key.startswith(STATE_PREFIX):
                 continue

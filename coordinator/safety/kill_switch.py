@@ -16,7 +16,7 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -132,9 +132,12 @@ class KillSwitch:
     def active(self) -> bool:
         return self.state.active
 
-    async def load(self) -> None:
-        """Read the persisted state back; an unreadable one is treated as ACTIVE (fail safe)."""
-        stored = (await self.journal.load_safety_state()).get(STATE_KEY)
+    async def load(self, safety_state: Mapping[str, dict[str, Any]] | None = None) -> None:
+        """Read the persisted state back (from `safety_state` when the caller has read it);
+        an unreadable one is treated as ACTIVE (fail safe)."""
+        if safety_state is None:
+            safety_state = await self.journal.load_safety_state()
+        stored = safety_state.get(STATE_KEY)
         if stored is not None:
             try:
                 self.state = KillSwitchState.from_json(stored)

@@ -95,10 +95,10 @@ class SafetyLayer:
     async def load(self) -> None:
         """Read every piece of safety state back. Unreadable breaker state fails safe: the
         global breaker is tripped, latched, until an operator looks."""
-        await self.kill_switch.load()
-        await self.scopes.load()
-        await self.throttle.load()
-        stored = await self.journal.load_safety_state()
+        stored = await self.journal.load_safety_state()  # one read for every component
+        await self.kill_switch.load(stored)
+        self.scopes.load(stored)
+        self.throttle.load(stored)
         breakers = {
             key.removeprefix(BREAKER_PREFIX): value
             for key, value in stored.items()

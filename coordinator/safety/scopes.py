@@ -201,9 +201,9 @@ class ScopedSwitches:
     def bots_in(self, scope: Scope) -> list[str]:
         return [bot for bot in self.bots if self.covers(scope, bot)]
 
-    async def load(self) -> None:
-        """Read every stored scope back; an unreadable one loads as halted."""
-        stored = await self.journal.load_safety_state()
+    def load(self, stored: Mapping[str, Mapping[str, Any]]) -> None:
+        """Read every stored scope back from the safety state (`journal.load_safety_state()`);
+        an unreadable one loads as halted."""
         for key, value in stored.items():
             if not key.startswith(STATE_PREFIX):
                 continue

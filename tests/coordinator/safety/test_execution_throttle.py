@@ -79,7 +79,7 @@ async def test_a_disablement_survives_a_restart_until_a_person_enables_the_bot(
     await made.flush()
 
     restarted = ExecutionThrottle(SETTINGS, journal, clock)
-    await restarted.load()
+    restarted.load(await journal.load_safety_state())
     assert restarted.refusal("grid") is not None
 
     enabled = await restarted.enable("grid", "operator-token", "alice", "fixed the grid")
@@ -88,7 +88,7 @@ async def test_a_disablement_survives_a_restart_until_a_person_enables_the_bot(
         await restarted.enable("grid", "operator-token", "alice", "again")
 
     after = ExecutionThrottle(SETTINGS, journal, clock)
-    await after.load()
+    after.load(await journal.load_safety_state())
     assert after.refusal("grid") is None
     assert after.last_enabled["grid"]["reason"] == "fixed the grid"
     audit = [e["action"] for e in await journal.recent_audit(10)]

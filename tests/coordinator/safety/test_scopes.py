@@ -177,7 +177,7 @@ async def test_a_scope_survives_a_restart_and_its_lift_too(journal: SqliteJourna
     await first.lift(Scope("bot", "grid-a"), "op", "fixed")
 
     second = switches(journal, clock)
-    await second.load()
+    second.load(await journal.load_safety_state())
 
     assert list(second.switches) == ["exchange:ndax"]
     assert second.effective("dca").state is TradingState.REDUCING
@@ -207,7 +207,7 @@ async def test_an_unreadable_stored_scope_loads_as_halted(journal: SqliteJournal
     )
 
     board = switches(journal, FakeClock())
-    await board.load()
+    board.load(await journal.load_safety_state())
 
     assert board.effective("grid-a").state is TradingState.HALTED
     assert board.switches["exchange:kraken"].trigger == "unreadable_state"
