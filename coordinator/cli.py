@@ -36,7 +36,7 @@ from coordinator.bot_test import print_summary, run_bot_test, with_mode
 from coordinator.breaker_cli import add_breaker_commands, reset_breaker
 from coordinator.config import ConfigError, embedded_config_dir, load_config
 from coordinator.config.models import BotMode, CoordinatorConfig
-from coordinator.config_cli import add_config_commands, run_config_command
+from coordinator.config_cli import add_config_commands, run_config_command, run_config_reload
 from coordinator.control_cli import add_control_commands, run_control_command
 from coordinator.health_cli import run_health_check
 from coordinator.log_analysis import add_analyze_logs_command, run_analyze_logs
@@ -167,6 +167,8 @@ def _before_config(args: argparse.Namespace) -> int | None:
         return run_health_check(args, _config_dir(args.config_dir))
     if args.command in BACKUP_COMMANDS:  # restore mends a broken config
         return run_backup_command(args, _config_dir(args.config_dir), _lock_data_dir)
+    if args.command == "config" and args.config_action == "reload":  # the running one checks it
+        return run_config_reload(args, lambda: _coordinator_holds(args.data_dir))
     return None
 
 
@@ -235,6 +237,18 @@ def _breaker(args: argparse.Namespace, config: CoordinatorConfig) -> int:
     return _on_journal(args, lambda running: reset_breaker(args, config, running))
 
 
+def _coordinator_holds(data_dir: Path) -> bool:
+    """Whether a running coordinator holds `data_dir` (its lock is taken)."""
+    if not (data_dir / DATABASE_FILE).exists():
+        return False
+    try:
+        lock = _lock_data_dir(data_dir)
+    except StartupError:
+        return True
+    lock.close()
+    return False
+
+
 def _on_journal(args: argparse.Namespace, command: Callable[[bool], int]) -> int:
     """Run a command on the data dir's journal: `command(True)` when a coordinator holds it
     (ask that one), else `command(False)` holding the lock so none starts meanwhile."""
@@ -269,7 +283,9 @@ def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) 
     except (OSError, TokenError, StartupError) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_START_FAILED
-    options = ServerOptions(args.host, args.port, args.data_dir, args.backup_dir)
+    options = ServerOptions(
+        args.host, args.port, args.data_dir, args.backup_dir, read_only=args.read_only
+    )
     try:
         with asyncio.Runner(loop_factory=_loop_factory(args.no_uvloop)) as runner:
             runner.run(serve(config, options, token, admin_token))

@@ -225,6 +225,35 @@ class ConfigGate:
         approvals = await latest_approvals(journal.store)
         return cls(config, journal, clock, read, approvals, on_refusal)
 
+    @property
+    def approving(self) -> asyncio.Lock:
+        """Held while approvals are recorded (a config reload records its own under it)."""
+        return self._approving
+
+    def adopt(
+        self,
+        fingerprints: Mapping[str, BotFingerprint],
+        approvals: Iterable[Approval],
+        files: Mapping[str, str | None],
+        pending: Iterable[str],
+    ) -> None:
+        """A config reload is on disk: the bots' effective configs are `fingerprints`, these
+        approvals are the latest, and each config file fully applied is what was read now (one
+        with a change left for the next start keeps its hash at start, so it shows as
+        changed)."""
+        for bot, fingerprint in fingerprints.items():
+            if bot in self.fingerprints and self.fingerprints[bot].sha256 != fingerprint.sha256:
+                self.fingerprints[bot] = fingerprint
+                self._revisions[bot] += 1
+        for approval in approvals:
+            self.approvals[approval.bot] = approval
+            self._revisions[approval.bot] += 1
+        waiting = set(pending)
+        for name, sha in files.items():
+            if name in self.files_at_start and name not in waiting and sha is not None:
+                self.files_at_start[name] = sha
+                self.files_now[name] = sha
+
     # -- approvals -------------------------------------------------------------------------------
 
     def approved(self, bot: str) -> bool:

@@ -61,10 +61,60 @@ def add_config_commands(subparsers: Any) -> None:
             help="only this bot (repeatable; default: every bot)",
         )  # fmt: skip
     approve.add_argument("--approved-by", required=True, help="who approves the config")
+    reload = actions.add_parser(
+        "reload",
+        help="the running coordinator re-reads config/ and applies what can change live",
+    )
+    reload.add_argument(
+        "--approved-by", help="who approves new effective configs of running bots (limits)"
+    )
+    reload.add_argument("--reason", help="why (in the audit entry)")
+    reload.add_argument(
+        "--dry-run", action="store_true", help="show the diff and the plan, apply nothing"
+    )
     approve.add_argument("--reason", default="approved from the command line")
     approve.add_argument(
         "--yes", action="store_true", help="approve what the diff shows without asking"
     )
+
+
+def run_config_reload(args: argparse.Namespace, coordinator_running: Callable[[], bool]) -> int:
+    """`config reload`: asks the coordinator holding the data dir (`coordinator_running()`
+    says whether one does). Prints each change and when it applies; an invalid config's problems one
+    a line. Exit 0 applied (or nothing changed), 1 refused, 2 invalid config."""
+    if not coordinator_running():
+        _say(
+            f"config reload: no coordinator is running on {args.data_dir}; its next start "
+            "reads config/ (check it first with --health-check)"
+        )
+        return EXIT_REFUSED
+    body: dict[str, Any] = {"dry_run": bool(args.dry_run)}
+    if args.approved_by is not None:
+        body["approved_by"] = args.approved_by
+    if args.reason is not None:
+        body["reason"] = args.reason
+    try:
+        answer = _ask(args, "POST", "/config/reload", body)
+    except ControlPlaneError as exc:
+        _say(f"config reload refused: {exc.message}")
+        for error in exc.errors:
+            _say(f"  {error.get('file')}: {error.get('path')}: {error.get('reason')}")
+        return EXIT_BAD_ARGS if exc.errors else EXIT_REFUSED
+    for change in answer["changes"]:
+        before, after = change["before"], change["after"]
+        print(f"{change['file']}: {change['path']}: {before} -> {after}  [{change['applies']}]")
+    for bot, entry in answer["bots"].items():
+        if entry["needs_bot_restart"]:
+            print(f"{bot}: takes effect at its next start: {len(entry['needs_bot_restart'])} "
+                  "change(s)")  # fmt: skip
+        if entry["needs_coordinator_restart"]:
+            print(f"{bot}: needs a coordinator restart: "
+                  f"{'; '.join(entry['needs_coordinator_restart'])}")  # fmt: skip
+    print(
+        f"{answer['result']}: {len(answer['changes'])} change(s); config sha256 "
+        f"{answer['sha256_before'][:16]} -> {answer['sha256_after'][:16]}"
+    )
+    return EXIT_OK
 
 
 def run_config_command(

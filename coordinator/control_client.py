@@ -15,9 +15,10 @@ from coordinator.api.auth import TokenError, load_or_create_token
 class ControlPlaneError(Exception):
     """The running coordinator could not be asked, or refused; `message` says which and why."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.errors = errors or []  # each problem, when the answer lists several
 
 
 def post_to_running(
@@ -62,7 +63,8 @@ def ask_running(
     except urllib.error.HTTPError as exc:
         error = json.loads(exc.read() or b"{}").get("error", {})
         raise ControlPlaneError(
-            f"{method} {path} refused ({exc.code}): {error.get('message', exc.reason)}"
+            f"{method} {path} refused ({exc.code}): {error.get('message', exc.reason)}",
+            error.get("errors"),
         ) from exc
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise ControlPlaneError(

@@ -10,6 +10,8 @@ from __future__ import annotations
 class CoordinatorError(Exception):
     status = 500
     code = "internal_error"
+    # Each problem, when there are several to list (an invalid config: file, path, reason).
+    errors: list[dict[str, str]] | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

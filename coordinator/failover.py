@@ -81,6 +81,20 @@ class EndpointFailover:
         if self.on_switch is not None:
             self.on_switch(self.exchange, to, why)
 
+    def retarget(self, endpoints: ExchangeEndpoints) -> None:
+        """New URLs from a config reload: the client points at the new URL of the endpoint in
+        use at once; on the backup with the backup removed, back to the primary."""
+        if endpoints == self.endpoints:
+            return
+        self.endpoints = endpoints
+        if self.active == "backup" and endpoints.backup is None:
+            self._switch("primary", "the backup endpoint was removed by a config reload")
+            return
+        url = endpoints.primary if self.active == "primary" else endpoints.backup
+        assert url is not None
+        point_client_at(self.client, url)
+        log.warning("%s now uses %s (%s endpoint, config reload)", self.exchange, url, self.active)
+
     def status(self) -> dict[str, Any]:
         return {
             "active": self.active,

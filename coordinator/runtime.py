@@ -34,6 +34,7 @@ from coordinator.alerts.window import OutcomeWindow
 from coordinator.backups.service import BackupService
 from coordinator.config.models import CoordinatorConfig, MarketDataSource
 from coordinator.config_approval import ConfigGate, check_accept
+from coordinator.config_reload import ConfigReloader
 from coordinator.credentials import redact
 from coordinator.errors import Conflict, CoordinatorError, ShuttingDown, WrongState
 from coordinator.failover import EndpointFailover
@@ -84,6 +85,7 @@ SUMMARY_FIELDS = (
 
 class Coordinator:
     config_gate: ConfigGate  # set by open(): effective configs, approvals, files on disk
+    reloader: ConfigReloader  # set by open(): POST /config/reload and SIGHUP
 
     def __init__(
         self,
@@ -200,6 +202,7 @@ class Coordinator:
         supervisor = Supervisor(runners, config.recovery)
         coordinator = cls(config, store, journal, supervisor, public, clock, safety, metrics)
         coordinator.config_gate = gate
+        coordinator.reloader = ConfigReloader(coordinator)
         coordinator.accounts = accounts
         metrics.register(CoordinatorCollector(coordinator))
         coordinator.health = HealthMonitor(
@@ -611,10 +614,9 @@ class Coordinator:
                 continue
             primary_client = self.public.get(exchange)  # keyless: only probes the primary
 
-            async def probe_primary(
-                client: Any = primary_client, url: str = endpoints.primary
-            ) -> Any:
-                point_client_at(client, url)
+            async def probe_primary(client: Any = primary_client, exchange: str = exchange) -> Any:
+                # The primary as configured now: a config reload may have moved it.
+                point_client_at(client, failovers[exchange].endpoints.primary)
                 return await client.fetch_status()
 
             failovers[exchange] = EndpointFailover(
@@ -689,6 +691,18 @@ class Coordinator:
                     log.info("%s: orders from the previous run are resolved", runner.name)
         settings = self.config.recovery.reconciliation
         return await self.reconcile(None, settings.apply_on_schedule, "schedule", "schedule")
+
+    def restart_reconcile_schedule(self) -> None:
+        """A config reload moved the interval: the schedule starts again from now."""
+        if self._reconcile_task is not None:
+            self._reconcile_task.cancel()
+            self._reconcile_task = None
+        self.next_reconciliation_at = None
+        self._start_reconcile_schedule()
+
+    def forget_status_documents(self) -> None:
+        """Every bot's status document is built again at the next /status (a config reload)."""
+        self._bot_documents.clear()
 
     def _start_reconcile_schedule(self) -> None:
         minutes = self.config.recovery.reconciliation.interval_minutes

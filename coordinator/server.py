@@ -19,7 +19,8 @@ from aiohttp import web
 from coordinator import __version__
 from coordinator.api.app import make_app
 from coordinator.api.auth import ControlToken
-from coordinator.config.models import CoordinatorConfig
+from coordinator.bot_test import with_mode
+from coordinator.config.models import BotMode, CoordinatorConfig
 from coordinator.runtime import Coordinator
 from coordinator.token_cli import token_reloader
 
@@ -38,6 +39,7 @@ class ServerOptions:
     port: int
     data_dir: Path
     backup_dir: Path | None = None  # None: no scheduled backups, no /backups
+    read_only: bool = False  # --read-only: a config reload keeps every bot read-only too
 
 
 async def serve(
@@ -52,10 +54,14 @@ async def serve(
     on_signals = stop is None
     stop = stop or stop_on_signals()
     coordinator = await Coordinator.open(config, options.data_dir, backup_dir=options.backup_dir)
-    # What SIGHUP re-reads, in order: the token files (token rotation); a config reload
-    # appends its own hook here.
+    if options.read_only:  # a reload reads config/ as this start did
+        coordinator.reloader.transform = lambda read: with_mode(read, BotMode.READ_ONLY)
+    # What SIGHUP re-reads, in order: the token files (token rotation), then config/.
     tokens = {"operator": token} | ({"admin": admin_token} if admin_token is not None else {})
-    reload_hooks: list[ReloadHook] = [token_reloader(coordinator, tokens)]
+    reload_hooks: list[ReloadHook] = [
+        token_reloader(coordinator, tokens),
+        coordinator.reloader.sighup_hook(),
+    ]
     if on_signals:
         reload_on_sighup(reload_hooks)
     runner = web.AppRunner(

@@ -59,6 +59,13 @@ class AlertService:
         self._audits: set[asyncio.Task[None]] = set()
         self._disk: float | None = None
 
+    def apply_config(self, config: AlertsConfig) -> None:
+        """A config reload's thresholds and timings: the next evaluation uses them (the
+        notifier keeps its settings until the coordinator restarts)."""
+        self.config = config
+        self.window.resize(config.rules.order_failure_rate.window_minutes)
+        self.engine.keep_resolved = timedelta(minutes=config.keep_resolved_minutes)
+
     def timing(self, name: str) -> RuleTiming:
         return TIMING[name](self.config.rules)
 

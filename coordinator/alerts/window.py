@@ -36,6 +36,10 @@ class OutcomeWindow:
         self.clock = clock
         self._buckets: dict[str, deque[_Bucket]] = {}
 
+    def resize(self, window_minutes: float) -> None:
+        """A new window length (a config reload); buckets older than it expire as usual."""
+        self.minutes = max(1, math.ceil(window_minutes))
+
     def record(self, bot: str, failed: bool) -> None:
         minute = _minute(self.clock())
         buckets = self._buckets.setdefault(bot, deque())

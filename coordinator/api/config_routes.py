@@ -10,6 +10,10 @@
   each approval is audited with both hashes. `expected_sha256` (bot -> the sha256 the approver
   reviewed) refuses, 409, a bot whose effective config is another one, so what is approved is
   what was shown (the CLI sends it).
+- `POST /config/reload {"approved_by"?, "reason"?, "dry_run"?}` (token): re-read `config/` and
+  apply what can change while running (`coordinator/config_reload.py`); 422 with every problem
+  for an invalid config (the running one is kept), 409 when a running bot's effective config
+  changes and no approver is named. `dry_run`: the diff and the plan, nothing applied.
 """
 
 from __future__ import annotations
@@ -38,17 +42,29 @@ class ConfigApproveRequest(BaseModel):
     expected_sha256: dict[str, Annotated[str, Field(pattern=SHA256_PATTERN)]] | None = None
 
 
+class ConfigReloadRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    approved_by: str | None = Field(
+        default=None, min_length=1, max_length=MAX_APPROVER_LENGTH, pattern=r"\S"
+    )
+    reason: str | None = Field(default=None, min_length=1, max_length=500)
+    dry_run: bool = False
+
+
 def add_config_routes(app: web.Application) -> None:
     app.router.add_get("/config", get_config)
     app.router.add_get("/config/diff", get_config_diff)
     app.router.add_post("/config/approve", post_config_approve)
+    app.router.add_post("/config/reload", post_config_reload)
 
 
 async def get_config(request: web.Request) -> web.Response:
     _no_query(request, frozenset())
     gate = request.app[COORDINATOR].config_gate
     bots = {bot: gate.bot_entry(bot) for bot in gate.fingerprints}
-    return fast_json({**gate.status(), "bots": bots})
+    reloads = request.app[COORDINATOR].reloader.status()
+    return fast_json({**gate.status(), "reload": reloads, "bots": bots})
 
 
 async def get_config_diff(request: web.Request) -> web.Response:
@@ -62,6 +78,15 @@ async def post_config_approve(request: web.Request) -> web.Response:
     gate = request.app[COORDINATOR].config_gate
     result = await gate.approve(
         body.bots, body.approved_by, body.reason, OPERATOR, expected=body.expected_sha256
+    )
+    return fast_json(result)
+
+
+async def post_config_reload(request: web.Request) -> web.Response:
+    body = await parse_body(request, ConfigReloadRequest)
+    reloader = request.app[COORDINATOR].reloader
+    result = await reloader.reload(
+        OPERATOR, "POST /config/reload", body.approved_by, body.reason, body.dry_run
     )
     return fast_json(result)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -28,15 +29,21 @@ _HTTP_CODES = {
     409: "conflict",
     413: "request_too_large",
     415: "unsupported_media_type",
+    422: "unprocessable",
 }
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    errors: list[dict[str, str]] | None = None,
 ) -> web.Response:
-    return web.json_response(
-        {"error": {"code": code, "message": redact(message)}}, status=status, headers=headers
-    )
+    error: dict[str, Any] = {"code": code, "message": redact(message)}
+    if errors is not None:
+        error["errors"] = [{key: redact(value) for key, value in e.items()} for e in errors]
+    return web.json_response({"error": error}, status=status, headers=headers)
 
 
 @web.middleware
@@ -44,7 +51,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except CoordinatorError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, errors=exc.errors)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -25,7 +25,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from coordinator import __version__
 from coordinator.api import responses as r
-from coordinator.api.config_routes import ConfigApproveRequest
+from coordinator.api.config_routes import ConfigApproveRequest, ConfigReloadRequest
 from coordinator.api.requests import (
     BreakerResetRequest,
     EmptyRequest,
@@ -319,6 +319,28 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         examples={"all": _example("alice approves every unapproved bot", {"approved_by": "alice"})},
         errors=(400, 401, 404, 409, 413),
     ),
+    ("POST", "/config/reload"): Operation(
+        "Re-read config/ and apply what can change while bots run; audited with both hashes",
+        r.ConfigReloadResponse,
+        auth="operator",
+        body=ConfigReloadRequest,
+        examples={
+            "preview": _example("show the diff and the plan, apply nothing", {"dry_run": True}),
+            "apply": _example(
+                "alice approves new limits for the running bots",
+                {"approved_by": "alice", "reason": "tighter order size after the incident"},
+            ),
+        },
+        errors=(400, 401, 409, 413, 422, 503),
+        description=(
+            "Limits, kill-switch triggers, breaker, health-check and alert settings and the "
+            "endpoints' URLs apply now; retry, partial-fill and restart policies at each "
+            "running bot's next start; bots.json, backups, notifications and dead man's "
+            "switches at the coordinator's next start (listed, not applied). An invalid config "
+            "is 422 with every problem in `error.errors`; the running config is kept. A change "
+            "to a running bot's effective config needs `approved_by` (409 without)."
+        ),
+    ),
     ("GET", OPENAPI_PATH): Operation("This document", None),
 }
 
@@ -348,6 +370,7 @@ _ERROR_DESCRIPTIONS = {
     404: "no such bot, scope or service",
     409: "refused in this state (a cooldown, a bot already running, unresolved orders, ...)",
     413: "request body too large (64 KiB at most)",
+    422: "the config files are invalid: `error.errors` lists every problem",
     429: "too many requests",
     500: "our fault: the message carries a reference to the log",
     503: "shutting down, or an exchange we need did not answer",

@@ -18,6 +18,16 @@ class _Answer(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class ErrorItem(BaseModel):
+    """One problem of several: the config file, the JSON path in it, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    path: str
+    reason: str
+
+
 class ErrorDetail(BaseModel):
     """`code` is stable (for programs), `message` says what went wrong (for people)."""
 
@@ -25,6 +35,9 @@ class ErrorDetail(BaseModel):
 
     code: str
     message: str
+    errors: list[ErrorItem] | None = Field(
+        default=None, description="every problem, when there are several (an invalid config)"
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -196,3 +209,12 @@ class ConfigDiffResponse(_Answer):
 class ConfigApproveResponse(_Answer):
     approved: list[Any]
     unchanged: list[Any]
+
+
+class ConfigReloadResponse(_Answer):
+    result: str = Field(description="applied, unchanged or dry_run")
+    sha256_before: str
+    sha256_after: str
+    changes: list[Any]
+    not_applied: list[Any]
+    bots: dict[str, Any]

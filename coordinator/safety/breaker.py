@@ -93,6 +93,13 @@ class CircuitBreaker:
         self._probes = 0
         self._trips = 0
 
+    def apply_settings(self, settings: CircuitBreakerSettings) -> None:
+        """New settings from a config reload. The failures already counted stay; the new
+        window and threshold judge them from the next outcome on."""
+        self.settings = settings
+        self._window = timedelta(seconds=settings.monitoring_window)
+        self._recovery = timedelta(seconds=settings.recovery_timeout)
+
     @property
     def state(self) -> BreakerState:
         if self._state is not B.CLOSED:  # only time moves an open breaker to half-open
@@ -338,6 +345,15 @@ class BreakerBoard:
     @property
     def names(self) -> tuple[str, ...]:
         return (GLOBAL, *self._exchanges)
+
+    def apply_settings(
+        self, settings: CircuitBreakerSettings, global_settings: CircuitBreakerSettings
+    ) -> None:
+        """A config reload's settings, for every breaker at once."""
+        self._settings, self._global_settings = settings, global_settings
+        self._global.apply_settings(global_settings)
+        for breaker in self._exchanges.values():
+            breaker.apply_settings(settings)
 
     def breaker(self, name: str) -> CircuitBreaker:
         return self._global if name == GLOBAL else self._exchange(name)

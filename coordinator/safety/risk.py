@@ -276,6 +276,7 @@ class RiskGate:
         self.bot = bot
         self.context = context
         self.limits = EffectiveLimits.build(limits, safe_mode)
+        self.safe_mode = safe_mode
         self._checks: tuple[Callable[[_Proposed], Refusal | None], ...] = (
             self._market_data_age,  # first: every later check values the order at that price
             self._price_collar,
@@ -289,6 +290,11 @@ class RiskGate:
             self._concurrent_positions,
             self._total_exposure,
         )
+
+    def set_limits(self, limits: LimitSet, safe_mode: SafeModeFactors | None = None) -> None:
+        """New limits from a config reload: the next order is checked against them."""
+        self.limits = EffectiveLimits.build(limits, safe_mode)
+        self.safe_mode = safe_mode
 
     def check(self, intent: OrderIntent, book: BotBook) -> Refusal | None:
         quote = self.context.quote_of(self.bot)
