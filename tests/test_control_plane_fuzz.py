@@ -4,10 +4,13 @@ schema-invalid requests, with the operator token and without any.
 
 No answer may be a server error, carry a traceback or a Python repr, or disagree with the
 document (status code, content type, body schema); and the coordinator must still trade after.
+Each fuzzed process holds planted exchange credentials (one in its environment, one in its
+credentials file): no answer of the run and no line of its log may carry them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -26,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from coordinator.credentials import CREDENTIALS_FILE_ENV
 from tests.support_config import write_fast_config
 from tests.support_process import CoordinatorProcess, wait_for
 
@@ -34,6 +38,19 @@ EXAMPLES = int(os.environ.get("CONTROL_PLANE_FUZZ_EXAMPLES", "20"))
 PYTHON_INTERNALS = re.compile(
     r"Traceback \(most recent call last\)|File \"[^\"]+\.py\", line \d+| object at 0x[0-9a-f]+"
 )
+
+
+# Credentials the fuzzed processes hold (tests/test_credentials_redacted.py covers a live bot
+# whose venue echoes them; here they must not come out of any control-plane answer).
+PLANTED_KEY = "PLANTED-fuzz-api-key-4c9e1a7b"
+PLANTED_SECRET = "PLANTED-fuzz-secret-8d2f6b0e"
+
+
+def no_planted_secret(ctx: Any, response: Any, case: Any) -> bool | None:
+    text = response.text or ""
+    for planted in (PLANTED_KEY, PLANTED_SECRET):
+        assert planted not in text, f"{case.method} {case.formatted_path} answered a credential"
+    return None
 
 
 def no_server_error(ctx: Any, response: Any, case: Any) -> bool | None:
@@ -61,15 +78,25 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
     no_python_internals,
+    no_planted_secret,
 ]
 
 
 def trading_coordinator(root: Path) -> Iterator[CoordinatorProcess]:
-    process = CoordinatorProcess(root, write_fast_config(root / "config")).start()
+    credentials = root / "credentials.json"
+    credentials.write_text(json.dumps({"KRAKEN_API_SECRET": PLANTED_SECRET}), encoding="utf-8")
+    credentials.chmod(0o600)
+    with pytest.MonkeyPatch.context() as env:  # the child's environment (child_env copies it)
+        env.setenv("NDAX_API_KEY", PLANTED_KEY)
+        env.setenv(CREDENTIALS_FILE_ENV, str(credentials))
+        process = CoordinatorProcess(root, write_fast_config(root / "config")).start()
     try:
         process.wait_ready()
         process.control("/start-sequential")
         yield process
+        log = process.log_file.read_text(encoding="utf-8") + process.text()
+        assert PLANTED_KEY not in log
+        assert PLANTED_SECRET not in log
     finally:
         process.kill()
 
@@ -181,4 +208,10 @@ def test_the_fuzz_checks_catch_what_they_look_for() -> None:
 
     with pytest.raises(AssertionError, match="Traceback"):
         no_python_internals(None, Answer(), Case())
+
+    class Leak:
+        text = f'{{"error": "bad key {PLANTED_KEY}"}}'
+
+    with pytest.raises(AssertionError, match="answered a credential"):
+        no_planted_secret(None, Leak(), Case())
 
