@@ -39,6 +39,7 @@ from coordinator.config.models import BotMode, CoordinatorConfig
 from coordinator.config_cli import add_config_commands, run_config_command, run_config_reload
 from coordinator.control_cli import add_control_commands, run_control_command
 from coordinator.health_cli import run_health_check
+from coordinator.incident_cli import add_incident_commands, run_incident_command
 from coordinator.log_analysis import add_analyze_logs_command, run_analyze_logs
 from coordinator.logging_setup import configure_logging, stop_logging
 from coordinator.outside_monitor_app import add_monitor_command, run_monitor
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_breaker_commands(commands)
     add_control_commands(commands)
     add_config_commands(commands)
+    add_incident_commands(commands)
     add_reconcile_command(commands)
     add_backup_commands(commands)
     add_monitor_command(commands)
@@ -167,6 +169,8 @@ def _before_config(args: argparse.Namespace) -> int | None:
         return run_health_check(args, _config_dir(args.config_dir))
     if args.command in BACKUP_COMMANDS:  # restore mends a broken config
         return run_backup_command(args, _config_dir(args.config_dir), _lock_data_dir)
+    if args.command == "incident":  # evidence, with or without a valid config or a coordinator
+        return run_incident_command(args, _config_dir(args.config_dir))
     if args.command == "config" and args.config_action == "reload":  # the running one checks it
         return run_config_reload(args, lambda: _coordinator_holds(args.data_dir))
     return None
