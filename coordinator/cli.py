@@ -288,7 +288,8 @@ def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) 
         log.error("cannot start: %s", exc)
         return EXIT_START_FAILED
     options = ServerOptions(
-        args.host, args.port, args.data_dir, args.backup_dir, read_only=args.read_only
+        args.host, args.port, args.data_dir, args.backup_dir, read_only=args.read_only,
+        log_dir=args.log_dir,
     )
     try:
         with asyncio.Runner(loop_factory=_loop_factory(args.no_uvloop)) as runner:

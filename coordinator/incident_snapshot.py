@@ -148,8 +148,8 @@ def take_snapshot(
     }
     members[MANIFEST] = _json(manifest)
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    target = out_dir / f"incident-{now.strftime('%Y%m%dT%H%M%SZ')}.tar.gz"
-    _write_atomically(target, members, int(now.timestamp()))
+    stem = f"incident-{now.strftime('%Y%m%dT%H%M%SZ')}"
+    target = _write_atomically(out_dir, stem, members, int(now.timestamp()))
     return Snapshot(target, listed, running, notes)
 
 
@@ -263,10 +263,11 @@ def _versions() -> dict[str, Any]:
     }
 
 
-def _write_atomically(target: Path, members: dict[str, bytes], mtime: int) -> None:
-    """Written to a temporary file beside `target`, synced, then renamed: a crash leaves no
-    half archive under the final name."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".incident-", suffix=".tmp")
+def _write_atomically(out_dir: Path, stem: str, members: dict[str, bytes], mtime: int) -> Path:
+    """Written to a temporary file, synced, then linked under `stem.tar.gz` (or `stem-2`, ...
+    when two snapshots share a second: a link never replaces an archive): a crash leaves no
+    half archive under a final name. Returns the archive's path."""
+    handle, temporary = tempfile.mkstemp(dir=out_dir, prefix=".incident-", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:
             with tarfile.open(fileobj=out, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
@@ -276,11 +277,17 @@ def _write_atomically(target: Path, members: dict[str, bytes], mtime: int) -> No
                     tar.addfile(info, io.BytesIO(data))
             out.flush()
             os.fsync(out.fileno())
-        os.replace(temporary, target)
-    except BaseException:
+        for n in range(1, 1000):
+            target = out_dir / (f"{stem}.tar.gz" if n == 1 else f"{stem}-{n}.tar.gz")
+            try:
+                os.link(temporary, target)
+            except FileExistsError:
+                continue
+            return target
+        raise SnapshotError(f"{out_dir}: 999 snapshots named {stem} already")
+    finally:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
-        raise
 
 
 def _in_order(members: dict[str, bytes]) -> Iterable[tuple[str, bytes]]:

@@ -65,6 +65,14 @@ DATABASE_FILE = "coordinator.db"
 
 
 @dataclass(slots=True)
+class EvidencePaths:
+    """Where an incident snapshot reads from and writes to."""
+
+    data_dir: Path
+    log_dir: Path = Path("logs")
+
+
+@dataclass(slots=True)
 class _BotDocument:
     """A bot's cached status document, what it was built from, and its JSON once asked for."""
 
@@ -86,6 +94,7 @@ SUMMARY_FIELDS = (
 class Coordinator:
     config_gate: ConfigGate  # set by open(): effective configs, approvals, files on disk
     reloader: ConfigReloader  # set by open(): POST /config/reload and SIGHUP
+    evidence: EvidencePaths  # set by open(); serve() names the log dir
 
     def __init__(
         self,
@@ -203,6 +212,7 @@ class Coordinator:
         coordinator = cls(config, store, journal, supervisor, public, clock, safety, metrics)
         coordinator.config_gate = gate
         coordinator.reloader = ConfigReloader(coordinator)
+        coordinator.evidence = EvidencePaths(data_dir)
         coordinator.accounts = accounts
         metrics.register(CoordinatorCollector(coordinator))
         coordinator.health = HealthMonitor(

@@ -40,6 +40,7 @@ class ServerOptions:
     data_dir: Path
     backup_dir: Path | None = None  # None: no scheduled backups, no /backups
     read_only: bool = False  # --read-only: a config reload keeps every bot read-only too
+    log_dir: Path | None = None  # what an incident snapshot takes the logs from
 
 
 async def serve(
@@ -54,6 +55,8 @@ async def serve(
     on_signals = stop is None
     stop = stop or stop_on_signals()
     coordinator = await Coordinator.open(config, options.data_dir, backup_dir=options.backup_dir)
+    if options.log_dir is not None:
+        coordinator.evidence.log_dir = options.log_dir
     if options.read_only:  # a reload reads config/ as this start did
         coordinator.reloader.transform = lambda read: with_mode(read, BotMode.READ_ONLY)
     # What SIGHUP re-reads, in order: the token files (token rotation), then config/.

@@ -41,7 +41,7 @@ def test_a_snapshot_of_a_running_coordinator_verifies_and_holds_no_secret(
 
         assert taken.returncode == 0, taken.stdout + taken.stderr
         assert "(coordinator running)" in taken.stdout
-        [archive] = (process.data_dir / "incidents").glob("incident-*.tar.gz")
+        [archive] = list((process.data_dir / "incidents").glob("incident-*.tar.gz"))
         verified = cli(process, "incident", "verify", str(archive))
         assert verified.returncode == 0, verified.stderr
         assert "members match the manifest" in verified.stdout
@@ -57,6 +57,20 @@ def test_a_snapshot_of_a_running_coordinator_verifies_and_holds_no_secret(
         assert {bot["name"] for bot in status["bots"]} == {"ndax", "kraken"}
         assert "logs/bot-coordinator.log" in content
         assert json.loads(content["manifest.json"])["coordinator_running"] is True
+        # The same through the control plane: audited, the logs from the process's --log-dir.
+        code, answer = process.request(
+            "POST", "/incidents/snapshot", {"reason": "drill"}, token=process.token
+        )
+        assert code == 200, answer
+        assert answer["coordinator_running"] is True
+        assert Path(answer["path"]).parent == process.data_dir / "incidents"
+        assert cli(process, "incident", "verify", answer["path"]).returncode == 0
+        code, audit = process.request("GET", "/audit?limit=50")
+        [entry] = [e for e in audit["events"] if e["action"] == "incident.snapshot"]
+        assert entry["result"] == "ok"
+        assert entry["details"]["path"] == answer["path"]
+        with tarfile.open(answer["path"], "r:gz") as tar:
+            assert "logs/bot-coordinator.log" in tar.getnames()
         # Trading went on, and the kill switch still stops everything at once.
         fills = process.bots()["ndax"]["fills"]
         wait_for(lambda: process.bots()["ndax"]["fills"] > fills, 15, "ndax filling on")

@@ -98,6 +98,9 @@ def make_app(
     from coordinator.api.config_routes import add_config_routes
 
     add_config_routes(app)  # GET /config, GET /config/diff, POST /config/approve
+    from coordinator.api.incident_routes import add_incident_routes
+
+    add_incident_routes(app)  # POST /incidents/snapshot
     from coordinator.api.openapi import add_openapi_route  # GET /openapi.json, every route
 
     add_openapi_route(app)

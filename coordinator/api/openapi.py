@@ -26,6 +26,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from coordinator import __version__
 from coordinator.api import responses as r
 from coordinator.api.config_routes import ConfigApproveRequest, ConfigReloadRequest
+from coordinator.api.incident_routes import SnapshotRequest
 from coordinator.api.requests import (
     BreakerResetRequest,
     EmptyRequest,
@@ -340,6 +341,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             "is 422 with every problem in `error.errors`; the running config is kept. A change "
             "to a running bot's effective config needs `approved_by` (409 without)."
         ),
+    ),
+    ("POST", "/incidents/snapshot"): Operation(
+        "Preserve evidence: one archive of logs, status, audit, verify-data, config, versions",
+        r.IncidentSnapshotResponse,
+        auth="operator",
+        body=SnapshotRequest,
+        examples={"evidence": _example("after a kill switch", {"reason": "ndax drawdown"})},
+        errors=(400, 401, 409, 413, 503),
     ),
     ("GET", OPENAPI_PATH): Operation("This document", None),
 }

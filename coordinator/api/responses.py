@@ -218,3 +218,10 @@ class ConfigReloadResponse(_Answer):
     changes: list[Any]
     not_applied: list[Any]
     bots: dict[str, Any]
+
+
+class IncidentSnapshotResponse(_Answer):
+    path: str
+    members: int
+    coordinator_running: bool
+    notes: list[str]

@@ -119,3 +119,21 @@ def test_a_file_that_is_not_an_archive_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(SnapshotError, match="not a readable snapshot archive"):
         verify_snapshot(junk)
+
+
+async def test_two_snapshots_in_one_second_are_both_kept(
+    traded: Path, config: CoordinatorConfig, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    at = datetime(2026, 12, 4, 12, 0, 0, tzinfo=UTC)
+    take = lambda: take_snapshot(  # noqa: E731
+        traded, config.source_dir, tmp_path / "nologs", tmp_path / "out", NOBODY, at
+    )
+    first = await asyncio.to_thread(take)
+    second = await asyncio.to_thread(take)
+
+    assert first.path.name == "incident-20261204T120000Z.tar.gz"
+    assert second.path.name == "incident-20261204T120000Z-2.tar.gz"
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert written == {first.path.name, second.path.name}  # no temporary file left
