@@ -27,12 +27,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from coordinator.api.auth import TokenError, load_or_create_admin_token
-from coordinator.api.kill_switch_request import NO_REASON
 from coordinator.config.models import CoordinatorConfig
 from coordinator.control_client import ControlPlaneError, ask_running
 from coordinator.errors import CoordinatorError
+from coordinator.incidents.book import IncidentBook
 from coordinator.runtime import DATABASE_FILE
-from coordinator.safety.kill_switch import Trigger
+from coordinator.safety.kill_switch import NO_REASON, Trigger
 from coordinator.safety.layer import SafetyLayer
 from coordinator.safety.scopes import TradingState
 from coordinator.store.journal import SqliteJournal, audit_entry
@@ -136,15 +136,23 @@ async def _safety_in_store(
 async def _set_in_store(
     args: argparse.Namespace, config: CoordinatorConfig, action: str, scope: dict[str, str]
 ) -> dict[str, Any]:
-    async with _safety_in_store(args, config) as (_, safety):
+    async with _safety_in_store(args, config) as (journal, safety):
         now = datetime.now(UTC)
         audit_details = {"reason": args.reason, "scope": scope or "everything"}
         if action == "activate" and not scope:
             audit = audit_entry(actor=ACTOR, action="kill_switch.activate", result="ok", at=now,
                                 reason=args.reason, details=audit_details)
-            return await safety.kill_switch.activate(
+            result = await safety.kill_switch.activate(
                 args.reason, ACTOR, Trigger.MANUAL, audit=audit
             )
+            if not result["already_active"] and args.reason != NO_REASON:
+                book = IncidentBook(journal.store, lambda: datetime.now(UTC))
+                record = await book.on_kill_switch(
+                    reason=args.reason, actor=ACTOR, at=now, trigger=Trigger.MANUAL.value,
+                    bots=[bot.name for bot in config.bots.bots],
+                )  # fmt: skip
+                result["incident"] = record["id"]
+            return result
         switches = safety.scopes
         target = switches.scope(exchange=scope.get("exchange"), bot=scope.get("bot"))
         state = TradingState.REDUCING if action == "reduce_only" else TradingState.HALTED

@@ -39,6 +39,7 @@ from coordinator.credentials import redact
 from coordinator.errors import Conflict, CoordinatorError, ShuttingDown, WrongState
 from coordinator.failover import EndpointFailover
 from coordinator.health import HealthMonitor, Probe
+from coordinator.incidents.book import IncidentBook
 from coordinator.lifecycle import BotState
 from coordinator.metrics import Metrics
 from coordinator.metrics.collector import CoordinatorCollector
@@ -46,7 +47,7 @@ from coordinator.reconcile.reconciler import Reconciler
 from coordinator.refusal_audit import RefusalAudit
 from coordinator.safety.dead_mans_switch import DeadMansSwitch
 from coordinator.safety.execution_throttle import ExecutionThrottle
-from coordinator.safety.kill_switch import Trigger
+from coordinator.safety.kill_switch import NO_REASON, Trigger
 from coordinator.safety.layer import SafetyLayer
 from coordinator.safety.scopes import (
     GLOBAL_SCOPE,
@@ -62,6 +63,9 @@ from coordinator.wiring import PublicExchanges, build_bot_parts
 log = logging.getLogger(__name__)
 
 DATABASE_FILE = "coordinator.db"
+# An incident record written after a kill switch activation may take this long; it never delays
+# the switch (which is on and durable before), only the answer that names the record.
+INCIDENT_WRITE_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -135,6 +139,7 @@ class Coordinator:
         self._background: set[asyncio.Task[Any]] = set()
         self._bot_documents: dict[str, _BotDocument] = {}
         self.refusal_audit: RefusalAudit | None = None  # refused orders, summed, in the audit
+        self.incidents = IncidentBook(store, clock)  # incident records (coordinator/incidents)
         self.kill_switch.halt = self.halt_all
         self.kill_switch.halt_progress = self._halt_progress
         self.scopes = safety.scopes
@@ -400,6 +405,7 @@ class Coordinator:
                 details=details,
             )
 
+        affected = self.affected_bots()
         result = await self._audited_with_state(
             audit,
             lambda entry: self.kill_switch.activate(
@@ -409,7 +415,37 @@ class Coordinator:
         )
         if not result["already_active"]:
             self.metrics.kill_switch_activations.labels(trigger.value).inc()
+            if reason.strip() and reason != NO_REASON:
+                result["incident"] = await self._open_incident(reason, actor, trigger, affected)
         return result
+
+    def affected_bots(self) -> list[str]:
+        """The bots an incident now takes down: those running, starting or crashed (else, when
+        none is, every bot): the recovery ends when they are all back."""
+        down = (BotState.STOPPED, BotState.STOPPING)
+        runners = self.supervisor.runners.values()
+        return [r.name for r in runners if r.state not in down] or [r.name for r in runners]
+
+    async def _open_incident(
+        self, reason: str, actor: str, trigger: Trigger, bots: list[str]
+    ) -> int | None:
+        """Open (or note) the incident record of an activation. After the switch is on and
+        durable, so it never holds the switch up; a failure is logged, never raised."""
+        try:
+            record = await asyncio.wait_for(
+                self.incidents.on_kill_switch(
+                    reason=reason, actor=actor, at=self.kill_switch.state.at or self.clock(),
+                    bots=bots, trigger=trigger.value,
+                ),
+                INCIDENT_WRITE_TIMEOUT_SECONDS,
+            )  # fmt: skip
+        except Exception:
+            log.exception("the kill switch is active, but its incident record was not written")
+            return None
+        incident_id: int = record["id"]
+        log.warning("incident #%d records this activation: bot-coordinator incident show %d",
+                    incident_id, incident_id)  # fmt: skip
+        return incident_id
 
     async def _audited_with_state(
         self,

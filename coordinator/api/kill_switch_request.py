@@ -19,8 +19,8 @@ from pydantic import ValidationError
 
 from coordinator.api.requests import KillSwitchRequest, ScopeRequest, describe_errors
 from coordinator.errors import BadRequest
+from coordinator.safety.kill_switch import NO_REASON
 
-NO_REASON = "(no reason given)"
 LIFTING = frozenset({"override", "force_override"})
 MAX_REASON = 500
 

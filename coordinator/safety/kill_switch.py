@@ -43,6 +43,11 @@ class Trigger(enum.StrEnum):
     CRASH_LOOP = "bot_crash_loop"
 
 
+# The reason of an activation that gave none (an operator in a hurry): such an activation does
+# not open an incident record by itself; one with a reason does.
+NO_REASON = "(no reason given)"
+
+
 @dataclass(frozen=True, slots=True)
 class KillSwitchState:
     active: bool = False

@@ -219,4 +219,48 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        5,
+        "incident records: the record, its notes and its post-recovery checklist",
+        """
+        -- One row per incident (coordinator/incidents/): runbook 004 Step 7's recovery log.
+        -- `bots`: the bots it took down (JSON list), whose return ends the recovery;
+        -- `checklist`: the ticked post-recovery items (JSON: key -> {by, at});
+        -- `measurement`: the timeline and times, frozen when it is closed (JSON).
+        CREATE TABLE incidents (
+            id               INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind             TEXT NOT NULL,
+            issue            TEXT NOT NULL,
+            drill            INTEGER NOT NULL DEFAULT 0,
+            status           TEXT NOT NULL CHECK (status IN ('open', 'closed')),
+            detected_at      TEXT NOT NULL,
+            opened_at        TEXT NOT NULL,
+            opened_by        TEXT NOT NULL,
+            source           TEXT,
+            bots             TEXT NOT NULL DEFAULT '[]',
+            root_cause       TEXT,
+            outcome          TEXT CHECK (outcome IS NULL OR outcome IN ('success', 'failure')),
+            lessons_learned  TEXT,
+            closed_at        TEXT,
+            closed_by        TEXT,
+            checklist        TEXT NOT NULL DEFAULT '{}',
+            measurement      TEXT
+        );
+        CREATE INDEX incidents_by_status ON incidents (status, id);
+        -- What was done and seen, in order: `kind` 'action' (the record's "actions taken") or
+        -- 'note'.
+        CREATE TABLE incident_notes (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            incident_id  INTEGER NOT NULL REFERENCES incidents(id),
+            at           TEXT NOT NULL,
+            author       TEXT NOT NULL,
+            kind         TEXT NOT NULL CHECK (kind IN ('note', 'action')),
+            text         TEXT NOT NULL
+        );
+        CREATE INDEX incident_notes_by_incident ON incident_notes (incident_id, id);
+        """,
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -29,6 +29,8 @@ JOURNAL_TABLES = {
     "reconciliation_runs",
     "reconciliation_corrections",
     "config_approvals",
+    "incidents",
+    "incident_notes",
 }
 
 
