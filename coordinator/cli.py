@@ -169,8 +169,10 @@ def _before_config(args: argparse.Namespace) -> int | None:
         return run_health_check(args, _config_dir(args.config_dir))
     if args.command in BACKUP_COMMANDS:  # restore mends a broken config
         return run_backup_command(args, _config_dir(args.config_dir), _lock_data_dir)
-    if args.command == "incident":  # evidence, with or without a valid config or a coordinator
-        return run_incident_command(args, _config_dir(args.config_dir))
+    if args.command == "incident":  # evidence and records, with or without a valid config
+        return run_incident_command(
+            args, _config_dir(args.config_dir), lambda command: _on_journal(args, command)
+        )
     if args.command == "config" and args.config_action == "reload":  # the running one checks it
         return run_config_reload(args, lambda: _coordinator_holds(args.data_dir))
     return None

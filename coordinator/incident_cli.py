@@ -1,4 +1,5 @@
-"""`bot-coordinator incident snapshot|verify`: preserve the evidence of an incident.
+"""`bot-coordinator incident snapshot|verify`: preserve the evidence of an incident; and the
+incident records (`incident open|note|close|show|list|export`, `coordinator/incidents/cli.py`).
 
 `incident snapshot [--out DIR]` writes one archive (`coordinator/incident_snapshot.py`) into
 DIR (default: `<data dir>/incidents`), whether or not a coordinator is running, and whether or
@@ -14,13 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.incident_snapshot import SnapshotError, take_snapshot, verify_snapshot
+from coordinator.incidents.cli import (
+    RECORD_ACTIONS,
+    OnJournal,
+    add_record_commands,
+    run_record_command,
+)
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def add_incident_commands(subparsers: Any) -> None:
     incident = subparsers.add_parser(
-        "incident", help="preserve the evidence of an incident (runbook 004, Scenario 6)"
+        "incident", help="incident records and evidence (runbook 004, Step 7 and Scenario 6)"
     )
     actions = incident.add_subparsers(dest="incident_action", required=True)
     snapshot = actions.add_parser(
@@ -31,9 +38,12 @@ def add_incident_commands(subparsers: Any) -> None:
     )
     verify = actions.add_parser("verify", help="check a snapshot's members against its manifest")
     verify.add_argument("archive", type=Path)
+    add_record_commands(actions)
 
 
-def run_incident_command(args: argparse.Namespace, config_dir: Path) -> int:
+def run_incident_command(args: argparse.Namespace, config_dir: Path, on_journal: OnJournal) -> int:
+    if args.incident_action in RECORD_ACTIONS:
+        return run_record_command(args, config_dir, on_journal)
     if args.incident_action == "verify":
         try:
             manifest = verify_snapshot(args.archive)

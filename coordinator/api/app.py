@@ -100,7 +100,7 @@ def make_app(
     add_config_routes(app)  # GET /config, GET /config/diff, POST /config/approve
     from coordinator.api.incident_routes import add_incident_routes
 
-    add_incident_routes(app)  # POST /incidents/snapshot
+    add_incident_routes(app)  # /incidents: the records, their Markdown, the snapshot
     from coordinator.api.openapi import add_openapi_route  # GET /openapi.json, every route
 
     add_openapi_route(app)

@@ -26,7 +26,12 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from coordinator import __version__
 from coordinator.api import responses as r
 from coordinator.api.config_routes import ConfigApproveRequest, ConfigReloadRequest
-from coordinator.api.incident_routes import SnapshotRequest
+from coordinator.api.incident_routes import (
+    CloseIncidentRequest,
+    IncidentNoteRequest,
+    OpenIncidentRequest,
+    SnapshotRequest,
+)
 from coordinator.api.requests import (
     BreakerResetRequest,
     EmptyRequest,
@@ -349,6 +354,56 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         body=SnapshotRequest,
         examples={"evidence": _example("after a kill switch", {"reason": "ndax drawdown"})},
         errors=(400, 401, 409, 413, 503),
+    ),
+    ("GET", "/incidents"): Operation(
+        "The incident records, newest first (`?status=open|closed`, `?limit=`)",
+        r.IncidentsResponse,
+        query=(
+            Query("status", {"type": "string", "enum": ["open", "closed"]}, "only these"),
+            Query("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                  "at most this many"),
+        ),
+        errors=(400,),
+    ),
+    ("POST", "/incidents"): Operation(
+        "Open an incident record (audited); its timeline is read from the audit log",
+        r.IncidentRecord,
+        auth="operator",
+        body=OpenIncidentRequest,
+        body_required=True,
+        examples={"open": _example("ndax rejects orders", {
+            "issue": "ndax rejects every order", "kind": "purchase_failure", "by": "alice"})},
+        errors=(400, 401, 413),
+    ),
+    ("GET", "/incidents/{id}"): Operation(
+        "One record: notes, actions taken, checklist, timeline and recovery times",
+        r.IncidentRecord,
+        errors=(404,),
+    ),
+    ("GET", "/incidents/{id}/markdown"): Operation(
+        "One record as Markdown (runbook 004's recovery log)", None, text=True, errors=(404,)
+    ),
+    ("POST", "/incidents/{id}/notes"): Operation(
+        "Add a note or an action taken, tick checklist items (audited)",
+        r.IncidentRecord,
+        auth="operator",
+        body=IncidentNoteRequest,
+        body_required=True,
+        examples={"action": _example("what was done", {
+            "text": "restored bots.json from the 09:00 backup", "action": True,
+            "tick": ["backup_config"], "by": "alice"})},
+        errors=(400, 401, 404, 409, 413),
+    ),
+    ("POST", "/incidents/{id}/close"): Operation(
+        "Close a record: root cause, outcome, lessons; the timeline is frozen (audited)",
+        r.ClosedIncidentRecord,
+        auth="operator",
+        body=CloseIncidentRequest,
+        body_required=True,
+        examples={"close": _example("recovered", {
+            "root_cause": "an expired API key", "outcome": "success",
+            "lessons_learned": "alert 7 days before a key expires", "by": "alice"})},
+        errors=(400, 401, 404, 409, 413),
     ),
     ("GET", OPENAPI_PATH): Operation("This document", None),
 }

@@ -225,3 +225,45 @@ class IncidentSnapshotResponse(_Answer):
     members: int
     coordinator_running: bool
     notes: list[str]
+
+
+class IncidentSummary(_Answer):
+    id: int
+    kind: str
+    issue: str
+    drill: bool
+    status: str = Field(description="open or closed")
+    detected_at: str
+    opened_at: str
+    opened_by: str
+
+
+class IncidentsResponse(_Answer):
+    incidents: list[IncidentSummary]
+
+
+class IncidentRecord(_Answer):
+    """Runbook 004's recovery log with the timeline measured from the audit log."""
+
+    id: int
+    kind: str
+    issue: str
+    drill: bool
+    status: str
+    detected_at: str
+    bots: list[str]
+    root_cause: str | None
+    outcome: str | None
+    lessons_learned: str | None
+    objective_seconds: int
+    notes: list[dict[str, Any]]
+    actions_taken: list[str]
+    checklist_items: list[dict[str, Any]]
+    measurement: dict[str, Any] = Field(
+        description="milestones, respond_seconds, recover_seconds, objective_met (null until "
+        "every bot is back); frozen when closed"
+    )
+
+
+class ClosedIncidentRecord(IncidentRecord):
+    unticked: list[str] = Field(description="the checklist items nobody ticked")

@@ -38,7 +38,7 @@ def to_markdown(record: dict[str, Any]) -> str:
     actions = record["actions_taken"]
     closed = ""
     if record["closed_at"]:
-        closed = f", closed {record['closed_at']} by {record['closed_by']}"
+        closed = f" at {record['closed_at']} by {record['closed_by']}"
     lines = [
         title,
         "",

@@ -136,7 +136,7 @@ def measure(
         ))  # fmt: skip
         recover = (last_at - detected_at).total_seconds()
     return Measurement(
-        milestones,
+        sorted(milestones, key=lambda ms: ms.at),  # an activation in force came before detection
         respond,
         recover,
         OBJECTIVE_SECONDS[kind],

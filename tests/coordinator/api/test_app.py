@@ -243,7 +243,8 @@ async def test_every_post_route_needs_the_token(
     posts.remove("/reconcile")
 
     for template in posts:
-        path = template.replace("{name}", "ndax")  # a route of one bot: a bot that exists
+        # A route of one bot: a bot that exists; of one incident record: a number.
+        path = template.replace("{name}", "ndax").replace("{id}", "1")
         error = await error_of(await client.post(path, json={"bot": "ndax"}), 401)
         assert error["code"] == "unauthorized", template
     assert set((await states(client)).values()) == {"stopped"}

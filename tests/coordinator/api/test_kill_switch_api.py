@@ -126,10 +126,14 @@ async def test_an_activation_commits_its_state_and_its_audit_entry_in_one_safety
     body = await (await activate(client)).json()
 
     assert body["audited"] is True
-    assert coordinator.store.stats.safety_commits == before + 1
+    # The switch with its audit entry in one write; then, once it is durable, the incident
+    # record the activation opened (coordinator/incidents), in a write of its own.
+    assert coordinator.store.stats.safety_commits == before + 2
     events = await coordinator.journal.recent_audit(10)
     (entry,) = [e for e in events if e["action"] == "kill_switch.activate"]
     assert entry["result"] == "ok"
+    (opened,) = [e for e in events if e["action"] == "incident.open"]
+    assert opened["id"] > entry["id"]
     timing = body["last_activation_timing"]
     assert 0 <= timing["gate_closed_ms"] <= timing["durable_ms"]
 

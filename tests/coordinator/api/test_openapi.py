@@ -224,6 +224,11 @@ async def test_every_get_answers_as_the_document_says(served: Served) -> None:
     await s.check(await get("/config"), "/config")
     await s.check(await get("/config/diff"), "/config/diff")
     await s.check(await get("/config/diff", params={"bot": bot}), "/config/diff")
+    opened = await s.client.post("/incidents", json={"issue": "drill"}, headers=s.auth)
+    record = await s.check(opened, "/incidents")
+    await s.check(await get("/incidents"), "/incidents")
+    await s.check(await get(f"/incidents/{record['id']}"), "/incidents/{id}")
+    await s.check(await get(f"/incidents/{record['id']}/markdown"), "/incidents/{id}/markdown")
     await s.check(await get(OPENAPI_PATH), OPENAPI_PATH)
 
     gets = {key for key in OPERATIONS if key[0] == "GET"}
@@ -253,6 +258,18 @@ async def test_the_main_posts_answer_as_the_document_says(served: Served) -> Non
         "/config/approve",
     )
     await s.check(await s.client.get("/reconcile"), "/reconcile")  # now with a last report
+    record = await s.check(
+        await post("/incidents", json={"issue": "drill", "bots": [bot]}, headers=s.auth),
+        "/incidents",
+    )
+    note = {"text": "started it", "action": True, "tick": ["document"]}
+    notes = f"/incidents/{record['id']}/notes"
+    await s.check(await post(notes, json=note, headers=s.auth), "/incidents/{id}/notes")
+    close = {"root_cause": "a drill", "outcome": "success"}
+    closing = f"/incidents/{record['id']}/close"
+    closed = await s.check(await post(closing, json=close, headers=s.auth), "/incidents/{id}/close")
+    assert closed["unticked"]
+    await s.check(await post(closing, json=close, headers=s.auth), "/incidents/{id}/close")  # 409
 
 
 async def test_the_kill_switch_answers_as_the_document_says(served: Served) -> None:
