@@ -38,6 +38,7 @@ from coordinator.config import ConfigError, embedded_config_dir, load_config
 from coordinator.config.models import BotMode, CoordinatorConfig
 from coordinator.config_cli import add_config_commands, run_config_command, run_config_reload
 from coordinator.control_cli import add_control_commands, run_control_command
+from coordinator.drills.cli import add_drill_command, run_drill_command
 from coordinator.health_cli import run_health_check
 from coordinator.incident_cli import add_incident_commands, run_incident_command
 from coordinator.log_analysis import add_analyze_logs_command, run_analyze_logs
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_control_commands(commands)
     add_config_commands(commands)
     add_incident_commands(commands)
+    add_drill_command(commands)
     add_reconcile_command(commands)
     add_backup_commands(commands)
     add_monitor_command(commands)
@@ -157,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _before_config(args: argparse.Namespace) -> int | None:
     """The commands that run before (or without) a valid config; None for the others."""
+    if args.command == "drill":  # its own throwaway worlds: needs none of this one's config
+        return run_drill_command(args)
     if args.verify_data:  # the data can be checked while the config is broken
         return run_verify_data(args)
     if args.command == "token":  # rotation: the token files and the running coordinator only

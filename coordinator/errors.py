@@ -70,3 +70,11 @@ class ExchangeUnavailable(CoordinatorError):
 
     status = 503
     code = "exchange_unavailable"
+
+
+class NotDurable(CoordinatorError):
+    """The action took effect in this process, but the journal could not record it (a full or
+    failing disk): it will not survive a restart."""
+
+    status = 503
+    code = "not_durable"

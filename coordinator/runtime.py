@@ -10,6 +10,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -36,10 +37,17 @@ from coordinator.config.models import CoordinatorConfig, MarketDataSource
 from coordinator.config_approval import ConfigGate, check_accept
 from coordinator.config_reload import ConfigReloader
 from coordinator.credentials import redact
-from coordinator.errors import Conflict, CoordinatorError, ShuttingDown, WrongState
+from coordinator.errors import (
+    Conflict,
+    CoordinatorError,
+    NotDurable,
+    ShuttingDown,
+    WrongState,
+)
 from coordinator.failover import EndpointFailover
 from coordinator.health import HealthMonitor, Probe
 from coordinator.incidents.book import IncidentBook
+from coordinator.incidents.model import drill_mode
 from coordinator.lifecycle import BotState
 from coordinator.metrics import Metrics
 from coordinator.metrics.collector import CoordinatorCollector
@@ -56,7 +64,7 @@ from coordinator.safety.scopes import (
     orders_that_grow,
 )
 from coordinator.store.journal import SqliteJournal, audit_entry, iso
-from coordinator.store.sqlite import MAX_BATCH_JOBS, Priority, SqliteStore, Write
+from coordinator.store.sqlite import MAX_BATCH_JOBS, Priority, SqliteStore, StoreError, Write
 from coordinator.supervisor import BotRunner, Supervisor
 from coordinator.wiring import PublicExchanges, build_bot_parts
 
@@ -139,7 +147,8 @@ class Coordinator:
         self._background: set[asyncio.Task[Any]] = set()
         self._bot_documents: dict[str, _BotDocument] = {}
         self.refusal_audit: RefusalAudit | None = None  # refused orders, summed, in the audit
-        self.incidents = IncidentBook(store, clock)  # incident records (coordinator/incidents)
+        # incident records (coordinator/incidents); a drill's coordinator files drills
+        self.incidents = IncidentBook(store, clock, drills=drill_mode(os.environ))
         self.kill_switch.halt = self.halt_all
         self.kill_switch.halt_progress = self._halt_progress
         self.scopes = safety.scopes
@@ -375,6 +384,8 @@ class Coordinator:
                 adapter.fail_next(drill["fail_next"])
             if "partial_fill_ratio" in drill:
                 adapter.set_partial_fill_ratio(drill["partial_fill_ratio"])
+            if "crash_next" in drill:
+                adapter.crash_next(drill["crash_next"])
             return {"bot": name, "drill": {k: str(v) for k, v in drill.items()}}
 
         result: dict[str, Any] = await self._audited(
@@ -406,13 +417,23 @@ class Coordinator:
             )
 
         affected = self.affected_bots()
-        result = await self._audited_with_state(
-            audit,
-            lambda entry: self.kill_switch.activate(
-                reason, actor, trigger, wait_for_halt, audit=entry
-            ),
-            lambda _: "ok",
-        )
+        try:
+            result = await self._audited_with_state(
+                audit,
+                lambda entry: self.kill_switch.activate(
+                    reason, actor, trigger, wait_for_halt, audit=entry
+                ),
+                lambda _: "ok",
+            )
+        except StoreError as exc:
+            if not self.kill_switch.state.active:
+                raise
+            self.metrics.kill_switch_activations.labels(trigger.value).inc()
+            raise NotDurable(
+                f"the kill switch is ACTIVE in this process and every bot is being halted, but "
+                f"the journal could not record it ({exc}): a restart would not know; fix the "
+                f"disk, then check GET /kill-switch"
+            ) from exc
         if not result["already_active"]:
             self.metrics.kill_switch_activations.labels(trigger.value).inc()
             if reason.strip() and reason != NO_REASON:

@@ -100,6 +100,10 @@ class _Order:
         )
 
 
+class SimulatedBotBug(RuntimeError):
+    """A drill's stand-in for a bug in a bot (`PaperExchange.crash_next`)."""
+
+
 class PaperExchange:
     """`ExchangeAdapter` simulated in memory. See the module docstring for the money rules."""
 
@@ -158,6 +162,7 @@ class PaperExchange:
         self._refuse_next = 0
         self._refuse_reason = ""
         self._partial_ratio = Decimal(1)
+        self._crash_next = 0
         # The paper account's history starts with this object: trades of an earlier process
         # are known to the journal only.
         self.history_since: datetime | None = self._clock()
@@ -182,6 +187,13 @@ class PaperExchange:
         if count < 0:
             raise ValueError("count must be >= 0")
         self._refuse_next, self._refuse_reason = count, reason
+
+    def crash_next(self, count: int) -> None:
+        """The next `count` market updates raise SimulatedBotBug: each crashes the bot's tick,
+        as a bug would (not an exchange error: nothing catches it before the supervisor)."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        self._crash_next = count
 
     def set_partial_fill_ratio(self, ratio: Decimal) -> None:
         """Each fill event fills at most `ratio * amount` of an order (1 = fill in full)."""
@@ -254,6 +266,9 @@ class PaperExchange:
 
     async def on_market(self, snapshot: MarketSnapshot) -> None:
         """Store the snapshot and fill resting limit orders it crosses, at their limit price."""
+        if self._crash_next:
+            self._crash_next -= 1
+            raise SimulatedBotBug(f"{self.name}: drill: a bug in the bot's tick")
         if snapshot.symbol != self.symbol:
             raise ExchangeError(
                 f"{self.name} trades {self.symbol}, got a snapshot for {snapshot.symbol}"

@@ -314,7 +314,7 @@ async def post_paper_drill(request: web.Request) -> web.Response:
     drill = body.model_dump(exclude={"bot"}, exclude_none=True)
     if not drill:
         raise BadRequest(
-            "say what to drill: reject_next, fail_next, partial_fill_ratio and/or "
+            "say what to drill: reject_next, fail_next, partial_fill_ratio, crash_next and/or "
             "market_trend_pct_per_tick"
         )
     result = await request.app[COORDINATOR].paper_drill(body.bot, drill, OPERATOR)

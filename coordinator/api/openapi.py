@@ -237,7 +237,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             "activate and reduce_only are never refused from this machine: no token, no body or "
             "any body at all still stops (what could not be used is in `notes`); from another "
             "machine they need a token. override needs the operator or admin token, "
-            "force_override the admin token and `approved_by`; both are parsed strictly."
+            "force_override the admin token and `approved_by`; both are parsed strictly. "
+            "503 not_durable: the switch is on and the bots are halted, but the journal could "
+            "not record it (a full disk): a restart would not know."
         ),
         examples={
             "activate": _example(
@@ -437,7 +439,8 @@ _ERROR_DESCRIPTIONS = {
     422: "the config files are invalid: `error.errors` lists every problem",
     429: "too many requests",
     500: "our fault: the message carries a reference to the log",
-    503: "shutting down, or an exchange we need did not answer",
+    503: "shutting down, an exchange we need did not answer, or (not_durable) the action took "
+    "effect but the journal could not record it",
 }
 
 _EXTRA_MODELS: tuple[type[BaseModel], ...] = (

@@ -88,6 +88,8 @@ class PaperDrillRequest(_Body):
     reject_next: int | None = Field(default=None, ge=0, le=1000)
     fail_next: int | None = Field(default=None, ge=0, le=1000)
     partial_fill_ratio: Decimal | None = Field(default=None, gt=0, le=1)
+    # The next ticks crash, as a bug in the bot would (a crash loop, runbook 004 Scenario 1).
+    crash_next: int | None = Field(default=None, ge=0, le=1000)
     # The offline feed's price moves this many percent per tick (a one-way market; 0 ends it).
     market_trend_pct_per_tick: Decimal | None = Field(default=None, ge=-10, le=10)
 

@@ -55,9 +55,15 @@ class _OpenIncident(TransactionStep):
 
 
 class IncidentBook:
-    def __init__(self, store: SqliteStore, clock: Callable[[], datetime]) -> None:
+    """`drills`: a drill's coordinator (`DRILL_ENV` set): the records a kill switch activation
+    opens are a drill's, and one opens on (or notes) the open drill record."""
+
+    def __init__(
+        self, store: SqliteStore, clock: Callable[[], datetime], drills: bool = False
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.drills = drills
 
     # -- changes -------------------------------------------------------------------------------
 
@@ -166,7 +172,8 @@ class IncidentBook:
         """A kill switch activation with a reason: a new record, or a note on the newest open
         one (not a drill's) when the switch went on again while it is still being handled."""
         current = await self.store.fetch_one(
-            "SELECT id FROM incidents WHERE status = 'open' AND drill = 0 ORDER BY id DESC LIMIT 1"
+            "SELECT id FROM incidents WHERE status = 'open' AND drill = ? ORDER BY id DESC LIMIT 1",
+            (int(self.drills),),
         )
         if current is not None:
             return await self.note(
@@ -176,6 +183,7 @@ class IncidentBook:
         return await self.open(
             kind=IncidentKind.CRITICAL, issue=f"kill switch activated ({trigger}): {reason}",
             actor=actor, bots=bots, detected_at=at, source="kill_switch.activate",
+            drill=self.drills,
         )  # fmt: skip
 
     # -- reads ---------------------------------------------------------------------------------

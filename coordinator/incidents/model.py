@@ -9,7 +9,16 @@ and a full system recovery in under an hour.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import Final
+
+# Set (to anything but "" or "0") in the environment of a coordinator a drill runs: every
+# record its kill switch opens is a drill's (`bot-coordinator drill`, coordinator/drills).
+DRILL_ENV: Final = "BOT_COORDINATOR_DRILL"
+
+
+def drill_mode(environ: Mapping[str, str]) -> bool:
+    return environ.get(DRILL_ENV, "") not in ("", "0")
 
 
 class IncidentKind(enum.StrEnum):

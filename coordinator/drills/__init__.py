@@ -1,0 +1,1 @@
+"""Incident drills: rehearsals of failures against local fakes of the venues."""
