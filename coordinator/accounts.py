@@ -9,15 +9,18 @@ variable's name only.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 from bots.exchanges.ccxt_adapter import required_credentials
-from coordinator.config.models import BotConfig, CredentialsConfig
+from coordinator.config.models import BotConfig, CoordinatorConfig, CredentialsConfig
 from coordinator.credentials import CredentialsFileError, credentials_source, register
+from coordinator.incidents.model import drill_mode
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +109,32 @@ class Accounts:
             except Exception as exc:  # best effort at shutdown; say so
                 log.warning("closing the %s account failed: %r", key.exchange, exc)
         self._clients.clear()
+
+
+DRILL_RATE_LIMIT_MS: Final = 50
+
+
+def drill_rate_limits(config: CoordinatorConfig, environ: Mapping[str, str]) -> dict[str, int]:
+    """ccxt's request pacing (milliseconds) for the exchanges of a drill's coordinator whose
+    every endpoint is on this machine: the drill's fake venue, which has no rate limit to keep
+    to (ccxt's kraken waits 1 s between requests, which made one drill last minutes). Empty
+    outside a drill (`DRILL_ENV`), and for any exchange with an endpoint elsewhere: a real venue
+    is always paced as ccxt paces it."""
+    if not drill_mode(environ):
+        return {}
+    paced: dict[str, int] = {}
+    for exchange, endpoints in config.endpoints.exchanges.items():
+        urls = [endpoints.primary, *([endpoints.backup] if endpoints.backup else [])]
+        if all(_on_this_machine(url) for url in urls):
+            paced[exchange] = DRILL_RATE_LIMIT_MS
+    return paced
+
+
+def _on_this_machine(url: str) -> bool:
+    host = urlsplit(url).hostname
+    if host is None:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, even "localhost", may resolve elsewhere

@@ -28,7 +28,7 @@ from bots.feeds.simulated import SimulatedFeed
 from bots.ids import ClientOrderIds
 from bots.journal import JournalOrder
 from coordinator import __version__
-from coordinator.accounts import Accounts, load_credentials_source
+from coordinator.accounts import Accounts, drill_rate_limits, load_credentials_source
 from coordinator.alerts.notifier import notifier_from_config
 from coordinator.alerts.service import AlertService
 from coordinator.alerts.window import OutcomeWindow
@@ -171,13 +171,14 @@ class Coordinator:
         metrics = Metrics(window)
         store = await SqliteStore.open(data_dir / DATABASE_FILE, max_batch_jobs)
         store.on_commit = metrics.committed
-        public = PublicExchanges()
+        paced = drill_rate_limits(config, os.environ)  # {} unless a drill's local venue
+        public = PublicExchanges(paced)
         if accounts is None:
             # The environment, and the credentials file it may name (read in a thread).
             source = await asyncio.to_thread(load_credentials_source)
             accounts = Accounts(
                 lambda exchange, credentials, ssl_context: make_private_exchange(
-                    exchange, credentials, ssl_context
+                    exchange, credentials, ssl_context, rate_limit_ms=paced.get(exchange)
                 ),
                 source,
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -33,15 +33,18 @@ class PublicExchanges:
     """One public (keyless) ccxt instance per exchange id, shared by every feed on it, with one
     SSL context for all; closed at shutdown."""
 
-    def __init__(self) -> None:
+    def __init__(self, rate_limits: Mapping[str, int] | None = None) -> None:
         self._instances: dict[str, Any] = {}
         self._ssl_context: ssl.SSLContext | None = None
+        self._rate_limits = dict(rate_limits or {})  # accounts.drill_rate_limits
 
     def get(self, exchange_id: str) -> Any:
         if exchange_id not in self._instances:
             if self._ssl_context is None:
                 self._ssl_context = ssl.create_default_context()
-            self._instances[exchange_id] = make_public_exchange(exchange_id, self._ssl_context)
+            self._instances[exchange_id] = make_public_exchange(
+                exchange_id, self._ssl_context, self._rate_limits.get(exchange_id)
+            )
         return self._instances[exchange_id]
 
     async def close(self) -> None:

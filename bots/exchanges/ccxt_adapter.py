@@ -110,12 +110,14 @@ def make_private_exchange(
     credentials: Mapping[str, str],
     ssl_context: ssl.SSLContext | None = None,
     base_url: str | None = None,
+    rate_limit_ms: int | None = None,
 ) -> Any:
     """Build a ccxt async instance for one account, with the rate limiter on.
 
     `credentials` holds ccxt's fields (`CREDENTIAL_FIELDS`; ndax needs all five). `base_url`
     replaces the venue's private API root, and the public one where they are the same, e.g.
     "https://api.kraken.com" or "https://api.ndax.io:8443/AP" on another host (failover).
+    `rate_limit_ms` replaces ccxt's pacing of the venue (a drill's local fake only).
     The caller owns the instance and must `await exchange.close()` it.
     """
     exchange_class = getattr(ccxt_async, exchange_id, None)
@@ -129,6 +131,8 @@ def make_private_exchange(
         if parts.scheme != "https" or not parts.netloc or parts.query or parts.fragment:
             raise ValueError(f"base_url must be a plain https URL, got {base_url!r}")
     config: dict[str, Any] = {"enableRateLimit": True}
+    if rate_limit_ms is not None:
+        config["rateLimit"] = rate_limit_ms
     config.update({field: value for field, value in credentials.items() if value})
     if ssl_context is not None:
         config["ssl_context"] = ssl_context

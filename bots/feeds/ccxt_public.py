@@ -24,7 +24,9 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def make_public_exchange(exchange_id: str, ssl_context: ssl.SSLContext | None = None) -> Any:
+def make_public_exchange(
+    exchange_id: str, ssl_context: ssl.SSLContext | None = None, rate_limit_ms: int | None = None
+) -> Any:
     """Build a keyless ccxt async instance with the rate limiter on.
 
     Pass one `ssl_context` to every instance: each instance otherwise builds its own on its first
@@ -35,6 +37,8 @@ def make_public_exchange(exchange_id: str, ssl_context: ssl.SSLContext | None = 
     if exchange_id not in ccxt_async.exchanges or exchange_class is None:
         raise ValueError(f"unknown ccxt exchange id: {exchange_id!r}")
     config: dict[str, Any] = {"enableRateLimit": True}
+    if rate_limit_ms is not None:  # a drill's local fake venue only
+        config["rateLimit"] = rate_limit_ms
     if ssl_context is not None:
         config["ssl_context"] = ssl_context
     return exchange_class(config)

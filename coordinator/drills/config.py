@@ -44,7 +44,7 @@ def drill_documents(venue: Venue | None = None) -> dict[str, Any]:
         initial_backoff_seconds=0.05, max_backoff_seconds=0.4, multiplier=2,
         max_consecutive_crashes=3, healthy_after_seconds=60,
     )  # fmt: skip
-    recovery["sequential_start"].update(health_timeout_seconds=5, delay_between_starts_seconds=0)
+    recovery["sequential_start"].update(health_timeout_seconds=30, delay_between_starts_seconds=0)
     recovery["shutdown"]["grace_seconds"] = 2
     recovery["retry"].update(initial_delay_seconds=0.01, max_delay_seconds=0.05)
     recovery["backups"]["interval_minutes"] = 600  # the drills take their backups by hand
@@ -70,12 +70,15 @@ def _fast_alerts(alerts: dict[str, Any]) -> None:
 
 def _live_kraken(docs: dict[str, Any], venue: Venue) -> None:
     kraken = next(b for b in docs["bots.json"]["bots"] if b["name"] == "kraken")
-    kraken.update(mode="live", market_data="exchange")
+    # ccxt paces kraken at a request a second; a drill's coordinator paces a venue on this
+    # machine at 50 ms (accounts.drill_rate_limits): a tick every 0.25 s, a purchase every 0.5 s.
+    kraken.update(mode="live", market_data="exchange", tick_interval_seconds=0.25)
+    kraken["strategy"]["params"]["interval_seconds"] = 0.5
     docs["bot-limits.json"]["bots"].pop("kraken", None)
     endpoints = docs["api-endpoints.json"]
     endpoints["exchanges"]["kraken"].update(primary=venue.primary_url, backup=venue.backup_url)
     endpoints["health_check_config"] = {
-        "timeout_seconds": 1, "failure_threshold": 2, "interval_seconds": 0.5,
+        "timeout_seconds": 2, "failure_threshold": 2, "interval_seconds": 0.5,
     }  # fmt: skip
 
 

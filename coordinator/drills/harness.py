@@ -209,10 +209,14 @@ class DrillWorld:
             raise DrillFailed(f"GET {path} answered {status}: {answer}")
         return answer
 
-    def post(self, path: str, body: Mapping[str, Any] | None = None, *, admin: bool = False) -> Any:
-        """POST with the operator's token (the admin's with `admin`); DrillFailed unless 200."""
+    def post(
+        self, path: str, body: Mapping[str, Any] | None = None, *, admin: bool = False,
+        timeout: float = 60,
+    ) -> Any:
+        """POST with the operator's token (the admin's with `admin`); DrillFailed unless 200.
+        The timeout is long: start-sequential waits for each bot's first healthy tick."""
         token = self.admin_token if admin else self.token
-        status, answer = self.request("POST", path, body, token=token)
+        status, answer = self.request("POST", path, body, token=token, timeout=timeout)
         if status != 200:
             raise DrillFailed(f"POST {path} {dict(body or {})} answered {status}: {answer}")
         return answer

@@ -9,9 +9,16 @@ from typing import Any
 
 import pytest
 
-from coordinator.accounts import Accounts, MissingCredentials, read_credentials
+from coordinator.accounts import (
+    DRILL_RATE_LIMIT_MS,
+    Accounts,
+    MissingCredentials,
+    drill_rate_limits,
+    read_credentials,
+)
 from coordinator.config import load_config
 from coordinator.config.models import BotConfig
+from coordinator.incidents.model import DRILL_ENV
 from tests.support_config import write_fast_config
 
 SECRET = "c2VjcmV0LXRoYXQtbXVzdC1uZXZlci1iZS1zaG93bg=="
@@ -103,3 +110,23 @@ def test_a_bot_must_name_every_credential_its_exchange_needs(bots: dict[str, Bot
 
     with pytest.raises(MissingCredentials, match=r"needs credentials\.login_env in bots\.json"):
         read_credentials(partial, {})
+
+
+def test_only_a_drill_paces_only_an_exchange_whose_endpoints_are_all_local(
+    tmp_path: Path,
+) -> None:
+    def endpoints(primary: str, backup: str | None) -> Any:
+        def change(documents: dict[str, Any]) -> None:
+            kraken = documents["api-endpoints.json"]["exchanges"]["kraken"]
+            kraken.update(primary=primary, backup=backup)
+
+        return load_config(write_fast_config(tmp_path / primary.split(":")[-1], change))
+
+    local = endpoints("http://127.0.0.1:9101", "http://127.0.0.1:9102")
+    assert drill_rate_limits(local, {DRILL_ENV: "1"}) == {"kraken": DRILL_RATE_LIMIT_MS}
+    assert drill_rate_limits(local, {}) == {}  # not a drill: ccxt's own pacing
+    assert drill_rate_limits(local, {DRILL_ENV: "0"}) == {}
+    half = endpoints("http://127.0.0.1:9103", "https://kraken-backup.example.com")
+    assert drill_rate_limits(half, {DRILL_ENV: "1"}) == {}
+    named = endpoints("http://localhost:9104", None)
+    assert drill_rate_limits(named, {DRILL_ENV: "1"}) == {}
