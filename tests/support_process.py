@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,16 +15,9 @@ from typing import Any
 import pytest
 
 from coordinator.api.auth import TOKEN_ENV, TOKEN_FILE
+from coordinator.drills.harness import free_port, request_json
 
 READY_WITHIN = 20.0
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def child_env() -> dict[str, str]:
@@ -119,18 +109,7 @@ class CoordinatorProcess:
         token: str | None = None,
         timeout: float = 10,
     ) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with _OPENER.open(request, timeout=timeout) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            with error:
-                return error.code, json.loads(error.read())
+        return request_json(self.base, method, path, body, token, timeout)
 
     def control(self, path: str, body: dict[str, Any] | None = None) -> Any:
         status, answer = self.request("POST", path, body, token=self.token)

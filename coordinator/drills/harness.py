@@ -53,6 +53,35 @@ def wait_for(check: Callable[[], T | None], within: float, what: str, every: flo
         time.sleep(every)
 
 
+def request_json(
+    base: str,
+    method: str,
+    path: str,
+    body: Mapping[str, Any] | None = None,
+    token: str | None = None,
+    timeout: float = 10,
+) -> tuple[int, Any]:
+    """One control-plane request (never via a proxy): its status and JSON answer, an error's
+    too (a body that is not JSON comes back as an error message)."""
+    data = json.dumps(body).encode() if body is not None else None
+    url = base + path  # http://127.0.0.1:PORT/...
+    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            raw = error.read()
+        try:
+            return error.code, json.loads(raw)
+        except ValueError:
+            return error.code, {"error": {"message": raw.decode(errors="replace")}}
+
+
 @dataclass(frozen=True, slots=True)
 class CliResult:
     command: list[str]
@@ -185,23 +214,7 @@ class DrillWorld:
         token: str | None = None,
         timeout: float = 10,
     ) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        url = self.base + path  # http://127.0.0.1:PORT/...
-        request = urllib.request.Request(url, data=data, method=method)  # noqa: S310
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with _OPENER.open(request, timeout=timeout) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            with error:
-                raw = error.read()
-            try:
-                return error.code, json.loads(raw)
-            except ValueError:
-                return error.code, {"error": {"message": raw.decode(errors="replace")}}
+        return request_json(self.base, method, path, body, token, timeout)
 
     def get(self, path: str) -> Any:
         status, answer = self.request("GET", path)
