@@ -32,5 +32,6 @@ def test_the_drill_passes_within_its_objective(name: str, tmp_path: Path) -> Non
     record = (reports / f"{name}.md").read_text()
     assert "(drill)" in record.splitlines()[0]
     assert "**Outcome:** success" in record
-    assert "MET: recovered" in record
+    assert "drill measured: detect" in record  # the audit-log verdict needs a kill switch
+    assert "## Recovery time" in record
     assert "1 of 1 drills passed" in done.stdout

@@ -283,6 +283,15 @@ def _close_record(drill: Drill, report_dir: Path) -> None:
     world, result = drill.world, drill.result
     assert result.incident is not None
     record = str(result.incident)
+
+    def shown(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f} s"
+
+    drill.note(
+        f"drill measured: detect {shown(result.detect)}, respond {shown(result.respond)}, "
+        f"recover {shown(result.recover)} (objective {drill.scenario.objective_seconds} s)",
+        action=False,
+    )
     world.cli(
         "incident", "note", record, "--tick", "document", "test_kill_switch", "review_logs",
         "--by", BY,
