@@ -125,6 +125,20 @@ class HangsAfterFirstSnapshot:
 # -- fixtures -------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def config(tmp_path: Path) -> CoordinatorConfig:
+    """The fast test config with the kill switch's crash-loop trigger off: these tests prove what
+    the supervisor does with a crash loop (left crashed, counted, audited), and the safety watch,
+    which looks once a second, would otherwise halt the crashed bot (crashed -> stopped) at a
+    moment that depends on the machine. The trigger is proven in tests/coordinator/safety/
+    test_monitor.py and end to end by the crash-loop drill."""
+
+    def no_crash_loop_trigger(documents: dict[str, Any]) -> None:
+        documents["kill-switch.json"]["triggers"]["bot_crash_loop"] = False
+
+    return load_config(write_fast_config(tmp_path / "config", no_crash_loop_trigger))
+
+
 def crash_every_tick(runner: BotRunner) -> list[float]:
     ticks: list[float] = []
     runner.parts.make_strategy = lambda: CrashingStrategy(ticks)
