@@ -67,9 +67,8 @@ async def serve(
     ]
     if on_signals:
         reload_on_sighup(reload_hooks)
-    runner = web.AppRunner(
-        make_app(coordinator, token, admin_token), access_log=None, handle_signals=False
-    )
+    app = make_app(coordinator, token, admin_token, options.host)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, options.host, options.port)

@@ -20,3 +20,13 @@ def test_every_python_package_is_listed_in_pyproject() -> None:
         for init in (ROOT / top).rglob("__init__.py")
     }
     assert found - listed == set(), "add these to [tool.setuptools] packages"
+
+
+def test_the_dashboards_files_are_package_data() -> None:
+    """The page is served from the installed package: its static files must be in the wheel."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]
+    assert data["coordinator.dashboard"] == ["static/*"]
+    shipped = {p.name for p in (ROOT / "coordinator" / "dashboard" / "static").iterdir()}
+    assert shipped == {"index.html", "dashboard.js", "dashboard.css"}

@@ -16,6 +16,7 @@ from coordinator.api.auth import AuthThrottle, ControlToken, FailureAudit, is_lo
 from coordinator.api.errors import Handler, error_response, json_errors
 from coordinator.api.kill_switch_request import StopSwitchRequest, read_kill_switch_request
 from coordinator.api.methods import method_rules
+from coordinator.api.origin import ALLOWED_HOSTS, allowed_hosts, same_origin, security_headers
 from coordinator.api.requests import (
     MAX_BODY_BYTES,
     BreakerResetRequest,
@@ -29,6 +30,8 @@ from coordinator.api.requests import (
     StopRequest,
     parse_body,
 )
+from coordinator.dashboard.routes import add_dashboard_routes
+from coordinator.dashboard.series import FillSeries
 from coordinator.errors import (
     BadRequest,
     CoordinatorError,
@@ -61,14 +64,26 @@ _OWN_AUTH = frozenset({"/kill-switch", "/reconcile"})
 
 
 def make_app(
-    coordinator: Coordinator, token: ControlToken, admin_token: ControlToken | None = None
+    coordinator: Coordinator,
+    token: ControlToken,
+    admin_token: ControlToken | None = None,
+    bind_host: str | None = None,
 ) -> web.Application:
+    """The control plane and the dashboard. `bind_host` (the address listened on) is one of
+    the Host names it answers to, beside the loopback names and $BOT_COORDINATOR_ALLOWED_HOSTS
+    (`coordinator.api.origin`)."""
     app = web.Application(
         middlewares=[
-            record_request_metrics(coordinator.metrics), json_errors, method_rules, require_token,
+            security_headers,
+            record_request_metrics(coordinator.metrics),
+            json_errors,
+            same_origin,  # before the token: a page elsewhere cannot spend the auth allowance
+            method_rules,
+            require_token,
         ],
         client_max_size=MAX_BODY_BYTES,
     )
+    app[ALLOWED_HOSTS] = allowed_hosts(bind_host)
     app[COORDINATOR] = coordinator
     app[HEALTH] = HealthCheck(coordinator)
     app[TOKEN] = token
@@ -101,6 +116,8 @@ def make_app(
     from coordinator.api.incident_routes import add_incident_routes
 
     add_incident_routes(app)  # /incidents: the records, their Markdown, the snapshot
+    # GET / and /ui/: the page; GET /bots/{name}/series: its chart
+    add_dashboard_routes(app, FillSeries(coordinator.journal.store))
     from coordinator.api.openapi import add_openapi_route  # GET /openapi.json, every route
 
     add_openapi_route(app)

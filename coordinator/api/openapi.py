@@ -84,6 +84,8 @@ class Operation:
     query: tuple[Query, ...] = ()
     errors: tuple[int, ...] = ()
     text: bool = False  # answers text/plain (only, or beside JSON with ?format=table)
+    # Other media types it answers (the dashboard's page, script and style).
+    content_types: tuple[str, ...] = ()
     description: str = ""
     extra_responses: dict[str, Any] = field(default_factory=dict)
 
@@ -116,6 +118,30 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("GET", "/bots/{name}"): Operation(
         "One bot's status, as it appears in /status", r.BotStatus, errors=(404,)
+    ),
+    ("GET", "/bots/{name}/series"): Operation(
+        "The bot's position and PnL over time from the journal, downsampled (the chart)",
+        r.SeriesResponse,
+        query=(
+            Query(
+                "points",
+                {"type": "integer", "minimum": 1, "maximum": 2000, "default": 300},
+                "at most this many points, each the state after its interval's newest fill",
+            ),
+        ),
+        errors=(400, 404),
+    ),
+    ("GET", "/"): Operation(
+        "The dashboard (one page; its script and style are under /ui/)",
+        None,
+        content_types=("text/html",),
+    ),
+    ("GET", "/ui/"): Operation("The dashboard, as at /", None, content_types=("text/html",)),
+    ("GET", "/ui/{file}"): Operation(
+        "One of the dashboard's files (index.html, dashboard.js, dashboard.css)",
+        None,
+        content_types=("text/html", "text/javascript", "text/css"),
+        errors=(404,),
     ),
     ("POST", "/bots/{name}/enable"): Operation(
         "Re-enable a bot the execution throttle disabled (audited; it stays stopped)",
@@ -617,6 +643,8 @@ def _responses(method: str, path: str, op: Operation) -> dict[str, Any]:
         content["application/json"] = {"schema": schema}
     if op.text:
         content["text/plain"] = {"schema": {"type": "string"}}
+    for media_type in op.content_types:
+        content[media_type] = {"schema": {"type": "string"}}
     ok: dict[str, Any] = {"description": "OK"}
     if content:
         ok["content"] = content

@@ -109,6 +109,26 @@ class AuditEvent(_Answer):
     result: Any
 
 
+class SeriesPoint(_Answer):
+    t: str
+    position: float
+    pnl: float
+    price: float | None
+    fills: int
+
+
+class SeriesResponse(_Answer):
+    """GET /bots/{name}/series: the chart's points, oldest first, the bot's book now last."""
+
+    bot: str
+    currency: str
+    base: str
+    fills: int
+    slot_seconds: int
+    pnl: str
+    points: list[SeriesPoint]
+
+
 class AuditResponse(_Answer):
     events: list[AuditEvent]
 

@@ -420,7 +420,7 @@ async def test_start_sequential_starts_both_bots(client: TestClient, auth: dict[
 # -- the router's own errors ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/nope", "/status/extra", "/"])
+@pytest.mark.parametrize("path", ["/nope", "/status/extra", "/ui/nope.js"])
 async def test_an_unknown_route_is_a_404_in_json(client: TestClient, path: str) -> None:
     error = await error_of(await client.get(path), 404)
 

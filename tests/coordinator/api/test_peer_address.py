@@ -96,7 +96,7 @@ async def remote_client(
     address = non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback address to connect from")
-    server = TestServer(make_app(coordinator, token, admin_token), host=address)
+    server = TestServer(make_app(coordinator, token, admin_token, bind_host=address), host=address)
     async with TestClient(server) as client:
         yield client
 
