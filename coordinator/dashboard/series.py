@@ -28,6 +28,7 @@ from coordinator.store.sqlite import SqliteStore
 SLOT_SECONDS = 60
 MAX_POINTS = 2000
 DEFAULT_POINTS = 300
+CHUNK = 2000  # slots summed between two turns of the event loop
 MAX_CACHED_BOTS = 32  # a dashboard charts one bot at a time; slots for 32 stay in memory
 
 _SLOTS_SQL = """
@@ -94,9 +95,11 @@ class FillSeries:
         of its interval: {t, position, pnl, price, fills}; then `live` as the last point."""
         if not 1 <= points <= MAX_POINTS:
             raise ValueError(f"points: must be from 1 to {MAX_POINTS}, got {points}")
-        entry = await self._refreshed(bot, base, quote)
-        out = self._downsample(entry.slots, points)
-        total = sum(s.fills for s in entry.slots.values())
+        entry = self._entry(bot)
+        async with entry.lock:  # one reader of new fills at a time; none sees a half-merged one
+            await self._read_new_fills(entry, bot, base, quote)
+            out = self._downsample(entry.slots, points)
+            total = sum(s.fills for s in entry.slots.values())
         if live is not None:
             at = iso(now or datetime.now(UTC))
             out.append(
@@ -113,20 +116,26 @@ class FillSeries:
             "points": out,
         }
 
-    async def _refreshed(self, bot: str, base: str, quote: str) -> _BotSlots:
+    def _entry(self, bot: str) -> _BotSlots:
         entry = self._bots.get(bot)
         if entry is None:
             entry = self._bots[bot] = _BotSlots()
             while len(self._bots) > MAX_CACHED_BOTS:
                 self._bots.popitem(last=False)
         self._bots.move_to_end(bot)
-        async with entry.lock:  # two first requests for a bot read its fills once
-            rows = await self.store.fetch_all(
-                _SLOTS_SQL,
-                {"slot": self.slot_seconds, "base": base, "quote": quote, "bot": bot,
-                 "after": entry.after_id},
-            )
-            for row in rows:
+        return entry
+
+    async def _read_new_fills(self, entry: _BotSlots, bot: str, base: str, quote: str) -> None:
+        """Sum the fills past `entry.after_id` into its slots (the caller holds its lock)."""
+        rows = await self.store.fetch_all(
+            _SLOTS_SQL,
+            {"slot": self.slot_seconds, "base": base, "quote": quote, "bot": bot,
+             "after": entry.after_id},
+        )
+        try:
+            for n, row in enumerate(rows, 1):
+                if n % CHUNK == 0:
+                    await asyncio.sleep(0)  # a year of minutes is 525,600 rows: let others run
                 slot = entry.slots.get(row["slot"])
                 if slot is None:
                     slot = entry.slots[row["slot"]] = _Slot()
@@ -136,8 +145,13 @@ class FillSeries:
                 if row["last_id"] > slot.last_id:  # a fill recorded late may land in an old slot
                     slot.last_id, slot.price = row["last_id"], float(row["price"])
                     slot.last_at = row["executed_at"]
-                entry.after_id = max(entry.after_id, row["last_id"])
-        return entry
+        except BaseException:
+            # Cancelled half-way (the client went away): some slots hold the new fills, some
+            # not. Forget them all; the next request reads the journal again from the start.
+            entry.slots.clear()
+            entry.after_id = 0
+            raise
+        entry.after_id = max([entry.after_id, *(row["last_id"] for row in rows)])
 
     def _downsample(self, slots: dict[int, _Slot], points: int) -> list[dict[str, Any]]:
         if not slots:
