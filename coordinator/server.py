@@ -174,6 +174,12 @@ def _announce(
     if admin_token is not None:
         log.info("admin token (force_override, breaker resets): %s", admin_token.where())
     log.info("ready: curl http://%s:%d/status", options.host, options.port)
+    log.info(
+        "dashboard: http://%s:%d/ in a browser (paste the control token once to start and stop "
+        "bots; the kill switch button needs none)",
+        "localhost" if options.host == "127.0.0.1" else options.host,
+        options.port,
+    )
     if options.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
             "the control plane listens on %s, not loopback: anything that reaches this machine "
