@@ -51,7 +51,8 @@ def seed(path: Path, fills: int, first_trade: int = 0) -> None:
             for i in range(first_trade, first_trade + fills):
                 at = (T0 + timedelta(seconds=i)).isoformat(timespec="microseconds")
                 side = "buy" if i % 2 else "sell"
-                yield (f"t{i}", side, "0.001", f"{100 + (i % 50) / 10:.1f}", "0.0001", "CAD", at, at)
+                price = f"{100 + (i % 50) / 10:.1f}"
+                yield (f"t{i}", side, "0.001", price, "0.0001", "CAD", at, at)
 
         conn.executemany(
             "INSERT INTO fills (client_order_id, bot, trade_id, side, amount, price, fee,"

@@ -35,10 +35,11 @@ from tests.support_browser import missing_browser, start_chromium, stop_chromium
 
 
 def call(base: str, method: str, path: str, token: str | None = None) -> Any:
-    request = urllib.request.Request(base + path, method=method, data=b"{}" if method == "POST" else None)
+    body = b"{}" if method == "POST" else None
+    request = urllib.request.Request(base + path, method=method, data=body)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=120) as answer:  # noqa: S310 (loopback)
+    with urllib.request.urlopen(request, timeout=120) as answer:
         return json.loads(answer.read())
 
 
