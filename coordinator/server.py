@@ -55,22 +55,26 @@ async def serve(
     on_signals = stop is None
     stop = stop or stop_on_signals()
     coordinator = await Coordinator.open(config, options.data_dir, backup_dir=options.backup_dir)
-    if options.log_dir is not None:
-        coordinator.evidence.log_dir = options.log_dir
-    if options.read_only:  # a reload reads config/ as this start did
-        coordinator.reloader.transform = lambda read: with_mode(read, BotMode.READ_ONLY)
-    # What SIGHUP re-reads, in order: the token files (token rotation), then config/.
-    tokens = {"operator": token} | ({"admin": admin_token} if admin_token is not None else {})
-    reload_hooks: list[ReloadHook] = [
-        token_reloader(coordinator, tokens),
-        coordinator.reloader.sighup_hook(),
-    ]
-    if on_signals:
-        reload_on_sighup(reload_hooks)
-    app = make_app(coordinator, token, admin_token, options.host)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    # From here on the coordinator holds the store's writer thread and its timers: whatever
+    # fails (building the app, binding the port) closes it, or the process would outlive the
+    # error, deaf to SIGTERM (seen: a start that failed in make_app hung until SIGKILL).
+    runner: web.AppRunner | None = None
     try:
+        if options.log_dir is not None:
+            coordinator.evidence.log_dir = options.log_dir
+        if options.read_only:  # a reload reads config/ as this start did
+            coordinator.reloader.transform = lambda read: with_mode(read, BotMode.READ_ONLY)
+        # What SIGHUP re-reads, in order: the token files (token rotation), then config/.
+        tokens = {"operator": token} | ({"admin": admin_token} if admin_token is not None else {})
+        reload_hooks: list[ReloadHook] = [
+            token_reloader(coordinator, tokens),
+            coordinator.reloader.sighup_hook(),
+        ]
+        if on_signals:
+            reload_on_sighup(reload_hooks)
+        app = make_app(coordinator, token, admin_token, options.host)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
         site = web.TCPSite(runner, options.host, options.port)
         try:
             await site.start()
@@ -87,7 +91,7 @@ async def serve(
         await _shutdown(coordinator, runner)
 
 
-async def _shutdown(coordinator: Coordinator, runner: web.AppRunner) -> None:
+async def _shutdown(coordinator: Coordinator, runner: web.AppRunner | None) -> None:
     loop = asyncio.get_running_loop()
     began = loop.time()
     try:
@@ -104,7 +108,8 @@ async def _shutdown(coordinator: Coordinator, runner: web.AppRunner) -> None:
             "disk, and orders left open are resolved at the next start"
         )
     finally:
-        await runner.cleanup()
+        if runner is not None:
+            await runner.cleanup()
     log.info("stopped cleanly in %.2fs", loop.time() - began)
 
 
