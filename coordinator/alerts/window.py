@@ -1,7 +1,13 @@
 """Order outcomes per bot over a sliding window, in one-minute buckets.
 
 The failure-rate rule (runbook 001: more than 5 % of orders failed over 15 minutes) reads it.
-Memory is bounded: one small bucket per bot per minute of the window.
+Memory is bounded: one small bucket per bot per minute of the window, plus the current one.
+
+An outcome is counted for at least the whole window, never less: the buckets kept are the
+current minute and the `minutes` before it, so the window covers between N and N+1 minutes.
+(Keeping only N buckets made a 1-minute window forget a failure at the next minute boundary,
+which could be a second after it: a drill's three failures at :59 vanished before the alert's
+0.5 s `for` had passed.)
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ class OutcomeWindow:
         return list(self._buckets)
 
     def _expire(self, buckets: deque[_Bucket], now: int) -> None:
-        while buckets and buckets[0].minute <= now - self.minutes:
+        while buckets and buckets[0].minute < now - self.minutes:
             buckets.popleft()
 
 
