@@ -178,6 +178,8 @@ def _connect_writer(path: Path) -> sqlite3.Connection:
 class SqliteStore:
     """The embedded store. Open with `await SqliteStore.open(path)`; close with `close()`."""
 
+    engine = "sqlite"  # PostgresStore (coordinator/store/postgres.py) is the other
+
     def __init__(
         self,
         path: Path,

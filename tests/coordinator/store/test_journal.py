@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,6 +23,7 @@ from bots.ledger import Position
 from bots.models import OrderType, Side
 from coordinator.store.journal import SqliteJournal
 from coordinator.store.sqlite import SqliteStore, StoreError
+from tests.coordinator.store.conftest import OpenAnyStore
 
 D = Decimal
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -33,22 +34,19 @@ OpenJournal = Callable[..., Awaitable[SqliteJournal]]
 
 
 @pytest.fixture
-async def open_journal(tmp_path: Path) -> AsyncIterator[OpenJournal]:
-    """A journal on a fresh store with the given bots registered and their accounts opened."""
-    stores: list[SqliteStore] = []
+async def open_journal(open_any_store: OpenAnyStore) -> OpenJournal:
+    """A journal on a fresh store (SQLite, and PostgreSQL: every test here runs on both) with
+    the given bots registered and their accounts opened."""
 
     async def factory(*bots: str) -> SqliteJournal:
-        store = await SqliteStore.open(tmp_path / f"journal-{len(stores)}.db")
-        stores.append(store)
+        store = await open_any_store()
         journal = SqliteJournal(store)
         for name in bots or (BOT,):
             await journal.register_bot(name, "paper", "BTC/AUD", "paper", T0)
             await journal.seed_balances(name, OPENING, "paper account opening balance", T0)
         return journal
 
-    yield factory
-    for store in stores:
-        await store.close()
+    return factory
 
 
 def intent(cid: int, bot: str = BOT, **changes: Any) -> JournalOrder:
@@ -226,7 +224,7 @@ async def test_a_duplicate_fill_is_refused_and_nothing_of_its_update_commits(
 
     # The same trade again (with a genuinely new one): the whole update must be refused.
     full = replace(partly, status=OrderStatus.FILLED, filled=D("0.5"))
-    with pytest.raises(StoreError, match="UNIQUE"):
+    with pytest.raises(StoreError, match=r"UNIQUE|unique constraint"):
         await journal.record_update(
             OrderUpdate(
                 full,
@@ -373,7 +371,7 @@ async def test_register_bot_refreshes_config_but_keeps_state(open_journal: OpenJ
 
 async def test_an_order_for_an_unregistered_bot_is_refused(open_journal: OpenJournal) -> None:
     journal = await open_journal()
-    with pytest.raises(StoreError, match="FOREIGN KEY"):
+    with pytest.raises(StoreError, match=r"(?i)FOREIGN KEY"):
         await journal.record_intent(intent(5, bot="ghost"))
     assert await count(journal, "orders") == 0
 

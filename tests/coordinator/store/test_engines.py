@@ -1,0 +1,141 @@
+"""The store's contract, on SQLite and on PostgreSQL alike: the journal's migrations, group
+commit, the safety lane, a failing job failing only its caller, guarded writes, reads by
+position and by name, and close."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from coordinator.store.migrations import LATEST_VERSION
+from coordinator.store.sqlite import Expect, Priority, Statement, StoreClosed, StoreError
+from tests.coordinator.store.conftest import OpenAnyStore
+
+AT = "2026-12-07T12:00:00.000000+00:00"
+
+
+def bot(name: str) -> Statement:
+    return (
+        "INSERT INTO bots (name, exchange, symbol, mode, updated_at) VALUES (?, ?, ?, ?, ?)",
+        (name, "paper", "BTC/CAD", "paper", AT),
+    )
+
+
+async def bots(store: object) -> list[str]:
+    rows = await store.fetch_all("SELECT name FROM bots ORDER BY name")  # type: ignore[attr-defined]
+    return [row["name"] for row in rows]
+
+
+async def test_a_new_store_is_migrated_to_the_latest_schema(open_any_store: OpenAnyStore) -> None:
+    store = await open_any_store()
+
+    row = await store.fetch_one("SELECT MAX(version) FROM schema_migrations")
+
+    assert row is not None
+    assert row[0] == LATEST_VERSION
+
+
+async def test_concurrent_writes_share_commits_and_all_land(open_any_store: OpenAnyStore) -> None:
+    store = await open_any_store()
+    before = store.stats.commits
+
+    await asyncio.gather(*(store.write([bot(f"b{i:03d}")]) for i in range(200)))
+
+    assert len(await bots(store)) == 200
+    assert store.stats.commits - before < 200  # group commit: fewer commits than jobs
+
+
+async def test_a_safety_write_commits_while_order_writes_are_queued(
+    open_any_store: OpenAnyStore,
+) -> None:
+    store = await open_any_store()
+    await store.write([bot("b")])
+    normal = [
+        asyncio.ensure_future(store.write([(
+            "UPDATE bots SET restarts = restarts + 1 WHERE name = ?", ("b",))]))
+        for _ in range(300)
+    ]  # fmt: skip
+    await asyncio.sleep(0)
+    await store.write(
+        [("INSERT INTO safety_state (key, value, updated_at) VALUES (?, ?, ?)",
+          ("kill_switch", '{"active": true}', AT))],
+        Priority.SAFETY,
+    )  # fmt: skip
+    pending_when_safety_committed = sum(not f.done() for f in normal)
+    await asyncio.gather(*normal)
+
+    row = await store.fetch_one("SELECT restarts FROM bots WHERE name = ?", ("b",))
+    assert row is not None
+    assert row["restarts"] == 300
+    assert pending_when_safety_committed > 0  # it did not wait for the whole backlog
+    assert store.stats.safety_commits >= 1
+
+
+async def test_a_failing_job_fails_only_its_caller_and_the_rest_of_its_batch_commits(
+    open_any_store: OpenAnyStore,
+) -> None:
+    store = await open_any_store()
+    await store.write([bot("taken")])
+    jobs = [store.write([bot(f"ok{i}")]) for i in range(5)]
+    jobs.insert(2, store.write([bot("fresh"), bot("taken")]))  # a duplicate key: rolled back
+
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+
+    failures = [r for r in results if isinstance(r, Exception)]
+    assert len(failures) == 1
+    assert isinstance(failures[0], StoreError)
+    assert "write rolled back" in str(failures[0])
+    assert await bots(store) == ["ok0", "ok1", "ok2", "ok3", "ok4", "taken"]  # no "fresh"
+
+
+async def test_a_guarded_update_that_changes_no_row_rolls_its_job_back(
+    open_any_store: OpenAnyStore,
+) -> None:
+    store = await open_any_store()
+    await store.write([bot("b")])
+
+    with pytest.raises(StoreError, match="expected 1 row"):
+        await store.write([
+            ("UPDATE bots SET restarts = 7 WHERE name = ?", ("b",)),
+            Expect("UPDATE bots SET state = ? WHERE name = ? AND state = ?",
+                   ("running", "b", "crashed")),
+        ])  # fmt: skip
+
+    row = await store.fetch_one("SELECT restarts, state FROM bots WHERE name = ?", ("b",))
+    assert row is not None
+    assert tuple(row) == (0, "stopped")
+
+
+async def test_rows_read_by_position_by_name_and_as_a_mapping(
+    open_any_store: OpenAnyStore,
+) -> None:
+    store = await open_any_store()
+    await store.write([bot("b")])
+
+    row = await store.fetch_one("SELECT name, restarts FROM bots")
+
+    assert row is not None
+    assert row[0] == row["name"] == "b"
+    assert dict(row) == {"name": "b", "restarts": 0}
+    assert await store.fetch_one("SELECT name FROM bots WHERE name = ?", ("nobody",)) is None
+
+
+async def test_close_commits_what_was_queued_and_a_later_write_is_refused(
+    open_any_store: OpenAnyStore,
+) -> None:
+    store = await open_any_store()
+    queued = [asyncio.ensure_future(store.write([bot(f"q{i}")])) for i in range(20)]
+    await asyncio.sleep(0)
+
+    await store.close()
+
+    await asyncio.gather(*queued)
+    with pytest.raises(StoreClosed):
+        await store.write([bot("late")])
+
+
+async def test_ping_measures_a_round_trip(open_any_store: OpenAnyStore) -> None:
+    store = await open_any_store()
+
+    assert 0 <= await store.ping() < 5
