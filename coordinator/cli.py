@@ -47,6 +47,8 @@ from coordinator.outside_monitor_app import add_monitor_command, run_monitor
 from coordinator.reconcile_cli import add_reconcile_command, reconcile
 from coordinator.runtime import DATABASE_FILE
 from coordinator.server import ServerOptions, StartupError, serve
+from coordinator.store.choice import database_target
+from coordinator.store.postgres_dsn import redact_dsn
 from coordinator.store.sqlite import StoreError
 from coordinator.token_cli import add_token_commands, refuse_exposure, run_token_command
 from coordinator.verify_cli import run_verify_data
@@ -74,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the operator's JSON config (./config; the embedded default when ./config is absent)",
     )
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="database and token")
+    parser.add_argument(
+        "--database",
+        default=None,
+        metavar="DSN",
+        help="the journal on PostgreSQL (postgresql://user@host:port/dbname; also "
+        "$BOT_COORDINATOR_DATABASE); without it, SQLite in the data dir",
+    )
     parser.add_argument("--log-dir", type=Path, default=Path("logs"), help="JSON-lines log")
     parser.add_argument(
         "--backup-dir", type=Path, default=Path("backups"), help="config and database backups"
@@ -293,9 +302,14 @@ def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) 
     except (OSError, TokenError, StartupError) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_START_FAILED
+    try:
+        database = database_target(args.database)
+    except StoreError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_START_FAILED
     options = ServerOptions(
         args.host, args.port, args.data_dir, args.backup_dir, read_only=args.read_only,
-        log_dir=args.log_dir,
+        log_dir=args.log_dir, database=database,
     )
     try:
         with asyncio.Runner(loop_factory=_loop_factory(args.no_uvloop)) as runner:
@@ -304,7 +318,8 @@ def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) 
         log.error("cannot start: %s", exc)
         return EXIT_START_FAILED
     except StoreError as exc:
-        log.error("cannot use the database in %s: %s", args.data_dir, exc)
+        where = redact_dsn(database) if database else args.data_dir
+        log.error("cannot use the database in %s: %s", where, exc)
         return EXIT_START_FAILED
     except MissingCredentials as exc:
         log.error("cannot start: %s", exc)

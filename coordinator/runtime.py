@@ -63,6 +63,7 @@ from coordinator.safety.scopes import (
     TradingState,
     orders_that_grow,
 )
+from coordinator.store.choice import open_store
 from coordinator.store.journal import SqliteJournal, audit_entry, iso
 from coordinator.store.sqlite import MAX_BATCH_JOBS, Priority, SqliteStore, StoreError, Write
 from coordinator.supervisor import BotRunner, Supervisor
@@ -70,7 +71,7 @@ from coordinator.wiring import PublicExchanges, build_bot_parts
 
 log = logging.getLogger(__name__)
 
-DATABASE_FILE = "coordinator.db"
+DATABASE_FILE = "coordinator.db"  # = coordinator.store.choice.DATABASE_FILE
 # An incident record written after a kill switch activation may take this long; it never delays
 # the switch (which is on and durable before), only the answer that names the record.
 INCIDENT_WRITE_TIMEOUT_SECONDS = 5.0
@@ -165,11 +166,13 @@ class Coordinator:
         max_batch_jobs: int = MAX_BATCH_JOBS,
         accounts: Accounts | None = None,
         backup_dir: Path | None = None,
+        database: str | None = None,
     ) -> Coordinator:
+        """`database`: a PostgreSQL DSN, or None for SQLite in `data_dir`."""
         clock = clock or (lambda: datetime.now(UTC))
         window = OutcomeWindow(config.alerts.rules.order_failure_rate.window_minutes, clock)
         metrics = Metrics(window)
-        store = await SqliteStore.open(data_dir / DATABASE_FILE, max_batch_jobs)
+        store = await open_store(data_dir, database, max_batch_jobs)
         store.on_commit = metrics.committed
         paced = drill_rate_limits(config, os.environ)  # {} unless a drill's local venue
         public = PublicExchanges(paced)
@@ -254,8 +257,12 @@ class Coordinator:
             coordinator._resolve_left_live(), name="resolve-left-live"
         )
         if backup_dir is not None:  # scheduled and on-demand backups of config and journal
+            # On PostgreSQL the backups hold the config only, for now: its journal is the
+            # server's to back up (pg_dump; issue 17 carries it on).
+            database_file = store.path if store.engine == "sqlite" else None
             coordinator.backups = BackupService(
-                config.recovery.backups, config.source_dir, backup_dir, store.path, clock, journal
+                config.recovery.backups, config.source_dir, backup_dir, database_file, clock,
+                journal,
             )
             await coordinator.backups.start()
         coordinator._start_reconcile_schedule()

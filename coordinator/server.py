@@ -41,6 +41,7 @@ class ServerOptions:
     backup_dir: Path | None = None  # None: no scheduled backups, no /backups
     read_only: bool = False  # --read-only: a config reload keeps every bot read-only too
     log_dir: Path | None = None  # what an incident snapshot takes the logs from
+    database: str | None = None  # a PostgreSQL DSN; None: SQLite in data_dir
 
 
 async def serve(
@@ -54,7 +55,9 @@ async def serve(
     hooks too)."""
     on_signals = stop is None
     stop = stop or stop_on_signals()
-    coordinator = await Coordinator.open(config, options.data_dir, backup_dir=options.backup_dir)
+    coordinator = await Coordinator.open(
+        config, options.data_dir, backup_dir=options.backup_dir, database=options.database
+    )
     # From here on the coordinator holds the store's writer thread and its timers: whatever
     # fails (building the app, binding the port) closes it, or the process would outlive the
     # error, deaf to SIGTERM (seen: a start that failed in make_app hung until SIGKILL).

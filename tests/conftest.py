@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,6 +13,10 @@ import aioresponses.core
 import pytest
 import uvloop
 from blockbuster import BlockBuster, blockbuster_ctx
+
+from coordinator.store.postgres import PostgresStore
+from coordinator.store.sqlite import SqliteStore
+from tests.support_postgres import OpenAnyStore, PostgresServer
 
 
 def _install_aioresponses_shim() -> None:
@@ -59,3 +64,51 @@ def no_blocking_calls() -> Iterator[BlockBuster]:
     """
     with blockbuster_ctx(["coordinator", "bots"]) as bb:
         yield bb
+
+
+# -- the store on either engine -------------------------------------------------------------------
+# `open_any_store` opens a store on SQLite (a file in tmp_path) and on PostgreSQL (a database of
+# its own on the session's throwaway server, tests/support_postgres.py): a test that takes it
+# runs on both. The server starts only when a test asks for it; a missing server fails the test
+# (.ci/run installs it): nothing is skipped.
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    try:
+        server = PostgresServer().start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def open_any_store(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[OpenAnyStore]:
+    """Opens stores on `engine`, each on a fresh database; every one is closed afterwards."""
+    opened: list[SqliteStore] = []
+    server = request.getfixturevalue("postgres_server") if engine == "postgresql" else None
+
+    async def factory() -> SqliteStore:
+        if server is not None:
+            dsn = await asyncio.to_thread(server.create_database)
+            store: SqliteStore = await PostgresStore.open(dsn)
+        else:
+            store = await SqliteStore.open(tmp_path / f"store-{len(opened)}.db")
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        await store.close()
+
+

@@ -16,12 +16,15 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psycopg
 
 from coordinator.drills.harness import free_port
+from coordinator.store.sqlite import SqliteStore
 
+OpenAnyStore = Callable[[], Awaitable[SqliteStore]]
 INSTALL_HINT = "run `bash scripts/install-postgres` (Debian's postgresql package)"
 _names = itertools.count(1)
 

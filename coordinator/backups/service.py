@@ -70,7 +70,7 @@ class BackupService:
         settings: BackupSettings,
         config_dir: Path,
         backup_dir: Path,
-        database: Path,
+        database: Path | None,  # None: config only (a journal on PostgreSQL)
         clock: Callable[[], datetime],
         journal: SqliteJournal | None = None,
         poll_seconds: float = POLL_SECONDS,

@@ -46,6 +46,22 @@ FROM fills
 WHERE bot = :bot AND id > :after
 GROUP BY slot
 """
+# The same on PostgreSQL, which has no bare columns: the newest fill's price and time are the
+# first of their slot's values ordered by id, newest first.
+_SLOTS_SQL_POSTGRES = """
+SELECT FLOOR(EXTRACT(EPOCH FROM executed_at::timestamptz) / :slot)::bigint AS slot,
+       SUM(CASE side WHEN 'buy' THEN amount::float8 ELSE -amount::float8 END
+           - CASE WHEN fee_currency = :base THEN fee::float8 ELSE 0 END) AS d_base,
+       SUM(CASE side WHEN 'buy' THEN -amount::float8 ELSE amount::float8 END * price::float8
+           - CASE WHEN fee_currency = :quote THEN fee::float8 ELSE 0 END) AS d_cash,
+       COUNT(*) AS fills,
+       MAX(id) AS last_id,
+       (ARRAY_AGG(price ORDER BY id DESC))[1] AS price,
+       (ARRAY_AGG(executed_at ORDER BY id DESC))[1] AS executed_at
+FROM fills
+WHERE bot = :bot AND id > :after
+GROUP BY 1
+"""
 # `price` and `executed_at` are bare columns beside the one MAX() aggregate: SQLite takes them
 # from the row that holds MAX(id), the slot's newest fill (sqlite.org/lang_select.html#bareagg).
 
@@ -128,7 +144,7 @@ class FillSeries:
     async def _read_new_fills(self, entry: _BotSlots, bot: str, base: str, quote: str) -> None:
         """Sum the fills past `entry.after_id` into its slots (the caller holds its lock)."""
         rows = await self.store.fetch_all(
-            _SLOTS_SQL,
+            _SLOTS_SQL_POSTGRES if self.store.engine == "postgresql" else _SLOTS_SQL,
             {"slot": self.slot_seconds, "base": base, "quote": quote, "bot": bot,
              "after": entry.after_id},
         )

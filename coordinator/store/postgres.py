@@ -28,12 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import psycopg
 
 from coordinator.store.migrations import LATEST_VERSION, MIGRATIONS
 from coordinator.store.pg_connection import PgConnection, Row
+from coordinator.store.postgres_dsn import redact_dsn
 from coordinator.store.sqlite import (
     MAX_BATCH_JOBS,
     SqliteStore,
@@ -48,19 +48,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # pg_advisory_lock key for migrations: "botcoord" in ASCII, as a bigint.
 MIGRATION_LOCK = 0x626F74636F6F7264
-
-
-def is_postgres_dsn(target: str) -> bool:
-    return urlsplit(target).scheme in ("postgresql", "postgres")
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN without its password, for logs and /status."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
 
 
 _INTEGER = re.compile(r"\bINTEGER\b")

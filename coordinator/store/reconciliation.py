@@ -118,6 +118,34 @@ def _replay_file(
         return replay(chain(fills, extra), adjustments, base, quote)
 
 
+def _replay_postgres(
+    dsn: str, bot: str, base: str, quote: str, extra: Sequence[LedgerFill]
+) -> tuple[Position, dict[str, Decimal]]:
+    """`_replay_file` on PostgreSQL: one REPEATABLE READ snapshot on a connection of its own,
+    the fills streamed through a server-side cursor."""
+    import psycopg  # only when the journal is on PostgreSQL
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        adjustments = [
+            (asset, Decimal(amount))
+            for asset, amount in conn.execute(
+                "SELECT asset, amount FROM balance_adjustments WHERE bot = %s ORDER BY id", (bot,)
+            )
+        ]
+        with conn.cursor(name="replay_fills") as cursor:
+            cursor.execute(
+                "SELECT side, amount, price, fee, fee_currency FROM fills WHERE bot = %s"
+                " ORDER BY id",
+                (bot,),
+            )
+            fills = (
+                LedgerFill(Side(side), Decimal(amount), Decimal(price), Decimal(fee), currency)
+                for side, amount, price, fee, currency in cursor
+            )
+            return replay(chain(fills, extra), adjustments, base, quote)
+
+
 class ReconciliationStore:
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
@@ -168,6 +196,9 @@ class ReconciliationStore:
         Replaying a ledger costs about 5 us a fill: at a million fills it would stall the loop
         for seconds (docs/benchmarks.md). It runs in a thread, on a read-only connection of its
         own, streaming the fills, so neither the loop nor the store's reader waits for it."""
+        if self.store.engine == "postgresql":
+            dsn: str = getattr(self.store, "dsn")  # noqa: B009 (PostgresStore's)
+            return await asyncio.to_thread(_replay_postgres, dsn, bot, base, quote, extra)
         return await asyncio.to_thread(_replay_file, self.store.path, bot, base, quote, extra)
 
     async def _orders(

@@ -3,7 +3,6 @@ first request, and agreeing with the bot's own figures."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,13 +15,16 @@ from coordinator.dashboard.series import FillSeries
 from coordinator.runtime import Coordinator
 from coordinator.store.sqlite import SqliteStore
 from tests.support_config import eventually
+from tests.support_postgres import OpenAnyStore
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = await SqliteStore.open(tmp_path / "journal.db")
+async def store(open_any_store: OpenAnyStore) -> SqliteStore:
+    """A journal with bot b and one order, on SQLite and on PostgreSQL (each test runs on
+    both)."""
+    opened = await open_any_store()
     at = T0.isoformat()
     await opened.write(
         [
@@ -39,10 +41,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
             ),
         ]
     )
-    try:
-        yield opened
-    finally:
-        await opened.close()
+    return opened
 
 
 _trade = 0

@@ -10,7 +10,7 @@ import pytest
 
 from coordinator.store.migrations import LATEST_VERSION
 from coordinator.store.sqlite import Expect, Priority, Statement, StoreClosed, StoreError
-from tests.coordinator.store.conftest import OpenAnyStore
+from tests.support_postgres import OpenAnyStore
 
 AT = "2026-12-07T12:00:00.000000+00:00"
 

@@ -23,7 +23,7 @@ from bots.ledger import Position
 from bots.models import OrderType, Side
 from coordinator.store.journal import SqliteJournal
 from coordinator.store.sqlite import SqliteStore, StoreError
-from tests.coordinator.store.conftest import OpenAnyStore
+from tests.support_postgres import OpenAnyStore
 
 D = Decimal
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
