@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -111,11 +111,20 @@ class PgCursor:
         return list(self._cursor.fetchall())
 
 
+class TransactionFence(Protocol):
+    """Checked right after each BEGIN (`coordinator.store.lease.Fence`)."""
+
+    def check(self, conn: PgConnection) -> None: ...
+
+
 class PgConnection:
     """See the module docstring. One thread uses it at a time (the store's writer or reader)."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.raw = conn
+        # The leader's fence: every transaction this connection begins first checks that the
+        # lease is still held (a failed check raises, and the transaction writes nothing).
+        self.fence: TransactionFence | None = None
 
     @classmethod
     def connect(cls, dsn: str, read_only: bool = False) -> PgConnection:
@@ -128,6 +137,8 @@ class PgConnection:
         named = isinstance(params, Mapping)
         query = translate(sql, named=named, with_params=bool(params))
         cursor = self.raw.execute(query, params if params else None)
+        if query == "BEGIN" and self.fence is not None:
+            self.fence.check(self)
         return PgCursor(cursor, self.raw)
 
     def close(self) -> None:

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from coordinator.store.migrations import LATEST_VERSION, MIGRATIONS
-from coordinator.store.pg_connection import PgConnection, Row
+from coordinator.store.pg_connection import PgConnection, Row, TransactionFence
 from coordinator.store.postgres_dsn import redact_dsn
 from coordinator.store.sqlite import (
     MAX_BATCH_JOBS,
@@ -162,6 +162,12 @@ class PostgresStore(SqliteStore):
         return store
 
     dsn: str = ""
+
+    def set_fence(self, fence: TransactionFence | None) -> None:
+        """From now on every write transaction first checks `fence` (the leader lease): a
+        node that lost the lease writes nothing more."""
+        conn: PgConnection = self._writer._conn  # type: ignore[assignment]
+        conn.fence = fence
 
     async def _read(self, fn: Callable[[PgConnection], T]) -> T:
         reader: _WriterThread = self._reader_conn  # type: ignore[assignment]
