@@ -48,6 +48,7 @@ from coordinator.reconcile_cli import add_reconcile_command, reconcile
 from coordinator.runtime import DATABASE_FILE
 from coordinator.server import ServerOptions, StartupError, serve
 from coordinator.store.choice import database_target
+from coordinator.store.fence import LeaseLost
 from coordinator.store.postgres_dsn import redact_dsn
 from coordinator.store.sqlite import StoreError
 from coordinator.token_cli import add_token_commands, refuse_exposure, run_token_command
@@ -58,6 +59,7 @@ log = logging.getLogger("coordinator")
 EXIT_OK = 0
 EXIT_START_FAILED = 1
 EXIT_BAD_CONFIG = 2
+EXIT_LEASE_LOST = 3  # a leader on PostgreSQL that stopped leading; restart it to stand by
 DEFAULT_CONFIG_DIR = Path("config")
 
 
@@ -81,7 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DSN",
         help="the journal on PostgreSQL (postgresql://user@host:port/dbname; also "
-        "$BOT_COORDINATOR_DATABASE); without it, SQLite in the data dir",
+        "$BOT_COORDINATOR_DATABASE); without it, SQLite in the data dir. Several coordinators "
+        "on one database: one leads and trades, the others stand by",
+    )
+    parser.add_argument(
+        "--node-name",
+        default=None,
+        help="this coordinator's name in the leader lease (default host:port:pid)",
+    )
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=5.0,
+        help="the leader lease: a standby takes over this long after the leader stops renewing",
+    )
+    parser.add_argument(
+        "--on-takeover",
+        choices=["stopped", "resume"],
+        default="stopped",
+        help="after a takeover, leave every bot stopped (default) or start again, one by one, "
+        "those the previous leader was running",
     )
     parser.add_argument("--log-dir", type=Path, default=Path("logs"), help="JSON-lines log")
     parser.add_argument(
@@ -309,7 +330,8 @@ def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) 
         return EXIT_START_FAILED
     options = ServerOptions(
         args.host, args.port, args.data_dir, args.backup_dir, read_only=args.read_only,
-        log_dir=args.log_dir, database=database,
+        log_dir=args.log_dir, database=database, node=args.node_name,
+        lease_seconds=args.lease_seconds, on_takeover=args.on_takeover,
     )
     try:
         with asyncio.Runner(loop_factory=_loop_factory(args.no_uvloop)) as runner:
@@ -317,6 +339,9 @@ def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) 
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_START_FAILED
+    except LeaseLost as exc:
+        log.critical("stopped leading: %s (start it again to stand by)", exc)
+        return EXIT_LEASE_LOST
     except StoreError as exc:
         where = redact_dsn(database) if database else args.data_dir
         log.error("cannot use the database in %s: %s", where, exc)

@@ -64,6 +64,7 @@ from coordinator.safety.scopes import (
     orders_that_grow,
 )
 from coordinator.store.choice import open_store
+from coordinator.store.fence import TransactionFence
 from coordinator.store.journal import SqliteJournal, audit_entry, iso
 from coordinator.store.sqlite import MAX_BATCH_JOBS, Priority, SqliteStore, StoreError, Write
 from coordinator.supervisor import BotRunner, Supervisor
@@ -106,6 +107,8 @@ SUMMARY_FIELDS = (
 
 class Coordinator:
     config_gate: ConfigGate  # set by open(): effective configs, approvals, files on disk
+    left_running: list[str]  # set by open(): the bots the previous process left running
+    role: dict[str, Any] | None = None  # serve(): on PostgreSQL, this node leads (name, term)
     reloader: ConfigReloader  # set by open(): POST /config/reload and SIGHUP
     evidence: EvidencePaths  # set by open(); serve() names the log dir
 
@@ -167,12 +170,14 @@ class Coordinator:
         accounts: Accounts | None = None,
         backup_dir: Path | None = None,
         database: str | None = None,
+        fence: TransactionFence | None = None,
     ) -> Coordinator:
-        """`database`: a PostgreSQL DSN, or None for SQLite in `data_dir`."""
+        """`database`: a PostgreSQL DSN, or None for SQLite in `data_dir`; `fence`: the leader
+        lease every write of that store checks first (coordinator/leadership.py)."""
         clock = clock or (lambda: datetime.now(UTC))
         window = OutcomeWindow(config.alerts.rules.order_failure_rate.window_minutes, clock)
         metrics = Metrics(window)
-        store = await open_store(data_dir, database, max_batch_jobs)
+        store = await open_store(data_dir, database, max_batch_jobs, fence)
         store.on_commit = metrics.committed
         paced = drill_rate_limits(config, os.environ)  # {} unless a drill's local venue
         public = PublicExchanges(paced)
@@ -197,12 +202,14 @@ class Coordinator:
             )
             ids = ClientOrderIds(floor=await journal.max_client_order_id())
             runners: dict[str, BotRunner] = {}
+            unclean: list[str] = []  # bots the previous process left running
             for bot in config.bots.bots:
                 await journal.register_bot(
                     bot.name, bot.exchange, bot.symbol, bot.mode.value, clock()
                 )
                 persisted = dict(await journal.load_bot_row(bot.name) or {})
-                await _note_unclean_end(journal, bot.name, persisted, clock())
+                if await _note_unclean_end(journal, bot.name, persisted, clock()):
+                    unclean.append(bot.name)
                 parts = await build_bot_parts(bot, journal, public, accounts, safety, clock)
                 parts.observer = metrics
                 metrics.add_bot(parts.identity)
@@ -229,6 +236,7 @@ class Coordinator:
         supervisor = Supervisor(runners, config.recovery)
         coordinator = cls(config, store, journal, supervisor, public, clock, safety, metrics)
         coordinator.config_gate = gate
+        coordinator.left_running = unclean
         coordinator.reloader = ConfigReloader(coordinator)
         coordinator.evidence = EvidencePaths(data_dir)
         coordinator.accounts = accounts
@@ -949,8 +957,11 @@ class Coordinator:
                 "uptime_seconds": self.uptime_seconds(),
                 "accepting_actions": self.accepting,
                 "config_dir": str(self.config.source_dir),
+                # On PostgreSQL: "leader", this node's name and term (coordinator/leadership.py)
+                "role": self.role,
             },
             "store": {
+                "engine": self.store.engine,
                 "path": str(self.store.path),
                 "backlog": self.store.backlog,
                 **self.store.stats.as_dict(),
@@ -1185,7 +1196,8 @@ async def _close_quietly(name: str, closing: Any) -> None:
 
 async def _note_unclean_end(
     journal: SqliteJournal, name: str, row: dict[str, Any], at: datetime
-) -> None:
+) -> bool:
+    """True (and audited) when the previous process left the bot other than stopped."""
     state = row.get("state")
     if state and state != BotState.STOPPED.value:
         log.warning(
@@ -1202,6 +1214,8 @@ async def _note_unclean_end(
             at=at,
             details={"was": state},
         )
+        return True
+    return False
 
 
 async def _resolve_orders_left_live(runner: BotRunner) -> None:

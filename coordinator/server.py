@@ -13,6 +13,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -21,8 +22,14 @@ from coordinator.api.app import make_app
 from coordinator.api.auth import ControlToken
 from coordinator.bot_test import with_mode
 from coordinator.config.models import BotMode, CoordinatorConfig
+from coordinator.errors import CoordinatorError
 from coordinator.runtime import Coordinator
+from coordinator.store.fence import LeaseLost
+from coordinator.store.sqlite import StoreError
 from coordinator.token_cli import token_reloader
+
+if TYPE_CHECKING:
+    from coordinator.leadership import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,9 @@ class ServerOptions:
     read_only: bool = False  # --read-only: a config reload keeps every bot read-only too
     log_dir: Path | None = None  # what an incident snapshot takes the logs from
     database: str | None = None  # a PostgreSQL DSN; None: SQLite in data_dir
+    node: str | None = None  # this node's name in the leader lease (PostgreSQL)
+    lease_seconds: float = 5.0  # the leader lease's length (PostgreSQL)
+    on_takeover: str = "stopped"  # "stopped" or "resume": the bots a takeover starts
 
 
 async def serve(
@@ -52,17 +62,105 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve until `stop` is set (by a signal, when not given; then SIGHUP runs the re-read
-    hooks too)."""
+    hooks too). On PostgreSQL, first wait as a standby until this node holds the leader lease
+    (coordinator/leadership.py); raises LeaseLost when it stops leading."""
     on_signals = stop is None
     stop = stop or stop_on_signals()
+    if options.database is None:
+        await _lead(config, options, token, admin_token, stop, on_signals, None)
+        return
+    from coordinator.leadership import Leadership, default_node_name
+
+    leadership = await Leadership.open(
+        options.database,
+        options.node or default_node_name(options.port),
+        lease_seconds=options.lease_seconds,
+    )
+    try:
+        if await _stand_by(leadership, options, stop) is None:
+            return  # stopped while a standby
+        await _lead(config, options, token, admin_token, stop, on_signals, leadership)
+    finally:
+        try:
+            await leadership.release()  # a clean end: a standby need not wait the lease out
+        finally:
+            await leadership.close()
+
+
+async def _stand_by(
+    leadership: Leadership, options: ServerOptions, stop: asyncio.Event
+) -> int | None:
+    """The lease at once if it is free; else serve as a standby until it is ours (its term) or
+    `stop` is set (None)."""
+    term = await leadership.try_acquire()
+    if term is not None:
+        log.warning("%s leads (term %d)", leadership.node, term)
+        return term
+    from coordinator.api.standby import make_standby_app
+
+    runner = web.AppRunner(
+        make_standby_app(leadership, options.host), access_log=None, handle_signals=False
+    )
+    await runner.setup()
+    try:
+        await _listen(runner, options)
+        view = await leadership.view()
+        log.warning(
+            "standby %s on http://%s:%d: %s leads (term %d); taking over when its lease lapses",
+            leadership.node, options.host, options.port, view.holder, view.term,
+        )
+        return await leadership.wait_until_leader(stop)
+    finally:
+        await runner.cleanup()
+
+
+async def _listen(runner: web.AppRunner, options: ServerOptions) -> None:
+    site = web.TCPSite(runner, options.host, options.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"failed: {exc}"
+        raise StartupError(
+            f"cannot listen on {options.host}:{options.port}: the port {reason}; "
+            f"stop the other process or pass --port"
+        ) from exc
+
+
+async def _lead(
+    config: CoordinatorConfig,
+    options: ServerOptions,
+    token: ControlToken,
+    admin_token: ControlToken | None,
+    stop: asyncio.Event,
+    on_signals: bool,
+    leadership: Leadership | None,
+) -> None:
     coordinator = await Coordinator.open(
-        config, options.data_dir, backup_dir=options.backup_dir, database=options.database
+        config,
+        options.data_dir,
+        backup_dir=options.backup_dir,
+        database=options.database,
+        fence=leadership.fence() if leadership is not None else None,
     )
     # From here on the coordinator holds the store's writer thread and its timers: whatever
     # fails (building the app, binding the port) closes it, or the process would outlive the
     # error, deaf to SIGTERM (seen: a start that failed in make_app hung until SIGKILL).
     runner: web.AppRunner | None = None
+    keeper: asyncio.Task[None] | None = None
+    lost: list[str] = []
     try:
+        if leadership is not None:
+            coordinator.role = {
+                "role": "leader", "node": leadership.node, "term": leadership.lease.term,
+                "lease_seconds": leadership.lease_seconds,
+            }  # fmt: skip
+
+            async def on_lost(why: str) -> None:
+                log.critical("%s stops leading: %s; stopping every bot now", leadership.node, why)
+                lost.append(why)
+                stop.set()
+
+            keeper = asyncio.create_task(leadership.keep(on_lost), name="leader-lease")
         if options.log_dir is not None:
             coordinator.evidence.log_dir = options.log_dir
         if options.read_only:  # a reload reads config/ as this start did
@@ -78,20 +176,36 @@ async def serve(
         app = make_app(coordinator, token, admin_token, options.host)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, options.host, options.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"failed: {exc}"
-            raise StartupError(
-                f"cannot listen on {options.host}:{options.port}: the port {reason}; "
-                f"stop the other process or pass --port"
-            ) from exc
+        await _listen(runner, options)
         _announce(coordinator, options, token, admin_token)
+        if leadership is not None and options.on_takeover == "resume":
+            await _resume(coordinator)
         await stop.wait()
         log.info("shutting down: stopping bots and cancelling their open orders")
     finally:
-        await _shutdown(coordinator, runner)
+        if keeper is not None:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+        try:
+            await _shutdown(coordinator, runner)
+        except StoreError as exc:
+            if not lost:
+                raise
+            # Expected: the fence refuses the journal writes of a node that lost the lease.
+            log.error("shut down without the journal (the lease is gone): %s", exc)
+    if lost:
+        raise LeaseLost(lost[0])
+
+
+async def _resume(coordinator: Coordinator) -> None:
+    """After a takeover: the bots the previous leader left running, one by one, each only once
+    its orders left in flight are resolved (`start_bot` refuses until then)."""
+    for name in coordinator.left_running:
+        try:
+            await coordinator.start_bot(name, False, "takeover")
+            log.warning("%s: started again after the takeover (it was running)", name)
+        except CoordinatorError as exc:
+            log.error("%s: not started after the takeover: %s", name, exc)
 
 
 async def _shutdown(coordinator: Coordinator, runner: web.AppRunner | None) -> None:

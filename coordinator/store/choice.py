@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from coordinator.store.fence import TransactionFence
 from coordinator.store.postgres_dsn import is_postgres_dsn
 from coordinator.store.sqlite import MAX_BATCH_JOBS, SqliteStore, StoreError
 
@@ -30,10 +31,16 @@ def database_target(option: str | None, environ: Mapping[str, str] | None = None
 
 
 async def open_store(
-    data_dir: Path, database: str | None, max_batch_jobs: int = MAX_BATCH_JOBS
+    data_dir: Path,
+    database: str | None,
+    max_batch_jobs: int = MAX_BATCH_JOBS,
+    fence: TransactionFence | None = None,
 ) -> SqliteStore:
+    """`fence` (PostgreSQL only): the leader lease each write transaction checks first."""
     if database is None:
+        if fence is not None:
+            raise StoreError("a fence needs the journal on PostgreSQL")
         return await SqliteStore.open(data_dir / DATABASE_FILE, max_batch_jobs)
     from coordinator.store.postgres import PostgresStore  # psycopg only when asked for
 
-    return await PostgresStore.open(database, max_batch_jobs)
+    return await PostgresStore.open(database, max_batch_jobs, fence)

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
+
+from coordinator.store.fence import TransactionFence
 
 _TOKEN = re.compile(
     r"""'(?:[^']|'')*'           # a string literal
@@ -109,12 +111,6 @@ class PgCursor:
         if self._cursor.description is None:
             return []
         return list(self._cursor.fetchall())
-
-
-class TransactionFence(Protocol):
-    """Checked right after each BEGIN (`coordinator.store.lease.Fence`)."""
-
-    def check(self, conn: PgConnection) -> None: ...
 
 
 class PgConnection:

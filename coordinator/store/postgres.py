@@ -31,8 +31,9 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from coordinator.store.fence import TransactionFence
 from coordinator.store.migrations import LATEST_VERSION, MIGRATIONS
-from coordinator.store.pg_connection import PgConnection, Row, TransactionFence
+from coordinator.store.pg_connection import PgConnection, Row
 from coordinator.store.postgres_dsn import redact_dsn
 from coordinator.store.sqlite import (
     MAX_BATCH_JOBS,
@@ -144,8 +145,13 @@ class PostgresStore(SqliteStore):
 
     @classmethod
     async def open(  # type: ignore[override]
-        cls, dsn: str, max_batch_jobs: int = MAX_BATCH_JOBS
+        cls,
+        dsn: str,
+        max_batch_jobs: int = MAX_BATCH_JOBS,
+        fence: TransactionFence | None = None,
     ) -> PostgresStore:
+        """`fence`: checked at the start of every write transaction from the first on (the
+        leader lease: `coordinator.leadership`)."""
         try:
             await asyncio.to_thread(migrate, dsn)
             writer = await _connection_thread(dsn, "store-writer", read_only=False)
@@ -158,6 +164,7 @@ class PostgresStore(SqliteStore):
             raise
         store = cls(Path(redact_dsn(dsn)), writer, reader, max_batch_jobs)  # type: ignore[arg-type]
         store.dsn = dsn
+        store.set_fence(fence)
         store._writer_task = asyncio.create_task(store._write_loop(), name="store-writer")
         return store
 

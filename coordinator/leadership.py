@@ -1,0 +1,156 @@
+"""Active/standby on one PostgreSQL database: wait for the lease, lead while it is renewed, stop
+trading the moment it cannot be.
+
+`Leadership` holds one node's `LeaderLease` on a connection and a thread of its own (the
+store's writer never waits for it). `serve()` uses it so:
+
+1. **standby**: while another node holds an unexpired lease, try to take it every quarter of a
+   lease, and answer `/status` and `/health` as a standby that names the leader;
+2. **takeover**: once the lease is ours (a new term), open the coordinator with the store
+   fenced on that term (`PostgresStore.set_fence`: every write checks the lease first), which
+   resolves the orders the journal holds in flight before any bot may start;
+3. **leading**: renew every third of a lease. When a renewal says the term is gone, or none has
+   succeeded for `STOP_BEFORE` of a lease (the database is unreachable: the lease may run out
+   and a standby take over), stop trading at once and end: the node never trades on a lease it
+   cannot prove, and the fence refuses its writes even if it tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import psycopg
+
+from coordinator.store.fence import LeaseLost
+from coordinator.store.lease import (
+    DEFAULT_GROUP,
+    DEFAULT_LEASE_SECONDS,
+    Fence,
+    LeaderLease,
+    LeaseView,
+)
+from coordinator.store.pg_connection import PgConnection
+
+__all__ = ["Leadership", "LeaseLost", "default_node_name"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+STOP_BEFORE = 0.8  # of a lease without a successful renewal: stop trading before it can expire
+
+
+def default_node_name(port: int) -> str:
+    return f"{socket.gethostname()}:{port}:{os.getpid()}"
+
+
+class Leadership:
+    def __init__(self, lease: LeaderLease, executor: ThreadPoolExecutor) -> None:
+        self.lease = lease
+        self._executor = executor
+        self.last_view: LeaseView | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        node: str,
+        group: str = DEFAULT_GROUP,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> Leadership:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leader-lease")
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await loop.run_in_executor(executor, PgConnection.connect, dsn)
+            lease = await loop.run_in_executor(
+                executor, lambda: LeaderLease(conn, node, group, lease_seconds)
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(lease, executor)
+
+    @property
+    def node(self) -> str:
+        return self.lease.node
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.lease.lease_seconds
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def view(self) -> LeaseView:
+        self.last_view = await self._run(self.lease.view)
+        return self.last_view
+
+    async def try_acquire(self) -> int | None:
+        """The lease now if it is free or expired (its new term), else None."""
+        return await self._run(self.lease.acquire)
+
+    async def wait_until_leader(self, stop: asyncio.Event) -> int | None:
+        """Try for the lease every quarter of a lease until it is ours (its term) or `stop` is
+        set (None). A database that does not answer is retried, never taken for a free lease."""
+        interval = self.lease_seconds / 4
+        announced: str | None = None
+        while not stop.is_set():
+            try:
+                term = await self._run(self.lease.acquire)
+                if term is not None:
+                    log.warning("%s now leads (term %d)", self.node, term)
+                    return term
+                view = await self.view()
+                if view.holder != announced:
+                    log.info("standby: %s leads (term %d); waiting for its lease to lapse",
+                             view.holder, view.term)
+                    announced = view.holder
+            except psycopg.Error as exc:
+                log.error("standby: the database does not answer (%s); trying again", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+        return None
+
+    def fence(self) -> Fence:
+        return self.lease.fence()
+
+    async def keep(self, on_lost: Callable[[str], Awaitable[None]]) -> None:
+        """Renew every third of a lease until cancelled; on losing it, `on_lost(why)` once."""
+        loop = asyncio.get_running_loop()
+        last_ok = loop.time()
+        interval = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                held = await asyncio.wait_for(self._run(self.lease.renew), timeout=interval)
+            except (psycopg.Error, TimeoutError) as exc:
+                if loop.time() - last_ok < STOP_BEFORE * self.lease_seconds:
+                    log.error("lease renewal failed (%s); trying again", exc)
+                    continue
+                await on_lost(
+                    f"could not renew the lease for {loop.time() - last_ok:.1f}s ({exc}): it "
+                    f"may lapse and a standby take over"
+                )
+                return
+            if not held:
+                await on_lost("the lease was lost: another coordinator holds it now")
+                return
+            last_ok = loop.time()
+
+    async def release(self) -> None:
+        try:
+            await self._run(self.lease.release)
+        except psycopg.Error as exc:
+            log.error("could not release the lease (%s): a standby waits for it to lapse", exc)
+
+    async def close(self) -> None:
+        try:
+            await self._run(self.lease.conn.close)
+        finally:
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
