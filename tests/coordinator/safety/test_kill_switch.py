@@ -102,11 +102,12 @@ async def test_no_order_is_sent_once_activation_has_begun_even_with_orders_in_fl
         submits.append(asyncio.create_task(gateway.submit(intent)))
         await asyncio.sleep(0.0005)
     await exchange.enough_sent.wait()
-    # Three more whose intents are queued for the journal right now, not yet committed.
+    # Three more on their way to the journal: queued, or being committed, or not there yet,
+    # as the machine's speed has it (asserting they were still queued failed once on a loaded
+    # CI machine: the writer had taken them). Each case must end refused, never sent.
     queued = [asyncio.create_task(gateway.submit(intent)) for _ in range(3)]
     for _ in range(3):
         await asyncio.sleep(0)
-    assert rig.store.backlog > 0
 
     timeline.append("activate")
     await rig.switch.activate("drill", "test", Trigger.MANUAL)
