@@ -33,6 +33,7 @@ from coordinator.store.lease import (
     DEFAULT_GROUP,
     DEFAULT_LEASE_SECONDS,
     Fence,
+    KillSwitchRequest,
     LeaderLease,
     LeaseView,
 )
@@ -142,6 +143,34 @@ class Leadership:
                 await on_lost("the lease was lost: another coordinator holds it now")
                 return
             last_ok = loop.time()
+
+    async def request_kill_switch(self, reason: str) -> int:
+        return await self._run(lambda: self.lease.request_kill_switch(reason))
+
+    async def applied_term(self, request_id: int) -> int | None:
+        return await self._run(lambda: self.lease.applied_term(request_id))
+
+    async def apply_kill_switch_requests(
+        self, activate: Callable[[KillSwitchRequest], Awaitable[None]]
+    ) -> int:
+        """The leader: activate for every request a standby filed, then mark it applied (only
+        once the activation is durable: a request is never marked and lost). How many."""
+        pending = await self._run(self.lease.pending_kill_switch_requests)
+        for request in pending:
+            await activate(request)
+            await self._run(lambda r=request: self.lease.mark_applied(r.id))  # type: ignore[misc]
+        return len(pending)
+
+    async def watch_kill_switch_requests(
+        self, activate: Callable[[KillSwitchRequest], Awaitable[None]], every: float = 0.5
+    ) -> None:
+        """Apply standbys' requests every `every` seconds until cancelled."""
+        while True:
+            try:
+                await self.apply_kill_switch_requests(activate)
+            except Exception as exc:  # the request stays pending; the next poll tries again
+                log.error("could not apply a standby's kill switch request: %r", exc)
+            await asyncio.sleep(every)
 
     async def release(self) -> None:
         try:

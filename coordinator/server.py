@@ -13,7 +13,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -146,21 +146,11 @@ async def _lead(
     # fails (building the app, binding the port) closes it, or the process would outlive the
     # error, deaf to SIGTERM (seen: a start that failed in make_app hung until SIGKILL).
     runner: web.AppRunner | None = None
-    keeper: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     lost: list[str] = []
     try:
         if leadership is not None:
-            coordinator.role = {
-                "role": "leader", "node": leadership.node, "term": leadership.lease.term,
-                "lease_seconds": leadership.lease_seconds,
-            }  # fmt: skip
-
-            async def on_lost(why: str) -> None:
-                log.critical("%s stops leading: %s; stopping every bot now", leadership.node, why)
-                lost.append(why)
-                stop.set()
-
-            keeper = asyncio.create_task(leadership.keep(on_lost), name="leader-lease")
+            tasks.append(_keep_leading(coordinator, leadership, stop, lost))
         if options.log_dir is not None:
             coordinator.evidence.log_dir = options.log_dir
         if options.read_only:  # a reload reads config/ as this start did
@@ -178,14 +168,16 @@ async def _lead(
         await runner.setup()
         await _listen(runner, options)
         _announce(coordinator, options, token, admin_token)
-        if leadership is not None and options.on_takeover == "resume":
-            await _resume(coordinator)
+        if leadership is not None:
+            tasks.append(await _apply_standby_kill_switches(coordinator, leadership))
+            if options.on_takeover == "resume":
+                await _resume(coordinator)
         await stop.wait()
         log.info("shutting down: stopping bots and cancelling their open orders")
     finally:
-        if keeper is not None:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         try:
             await _shutdown(coordinator, runner)
         except StoreError as exc:
@@ -195,6 +187,41 @@ async def _lead(
             log.error("shut down without the journal (the lease is gone): %s", exc)
     if lost:
         raise LeaseLost(lost[0])
+
+
+def _keep_leading(
+    coordinator: Coordinator, leadership: Leadership, stop: asyncio.Event, lost: list[str]
+) -> asyncio.Task[None]:
+    """Renew the lease in the background; on losing it, note why and stop serving."""
+    coordinator.role = {
+        "role": "leader", "node": leadership.node, "term": leadership.lease.term,
+        "lease_seconds": leadership.lease_seconds,
+    }  # fmt: skip
+
+    async def on_lost(why: str) -> None:
+        log.critical("%s stops leading: %s; stopping every bot now", leadership.node, why)
+        lost.append(why)
+        stop.set()
+
+    return asyncio.create_task(leadership.keep(on_lost), name="leader-lease")
+
+
+async def _apply_standby_kill_switches(
+    coordinator: Coordinator, leadership: Leadership
+) -> asyncio.Task[None]:
+    """Activations filed on a standby (while no node led, or before this one did) are applied
+    before any bot may start; later ones within half a second, by the task returned."""
+
+    async def activate(request: Any) -> None:
+        await coordinator.activate_kill_switch(
+            f"{request.reason} (filed on standby {request.node})", f"standby:{request.node}"
+        )
+
+    if await leadership.apply_kill_switch_requests(activate):
+        log.warning("a kill switch filed on a standby is applied: nothing starts")
+    return asyncio.create_task(
+        leadership.watch_kill_switch_requests(activate), name="kill-switch-requests"
+    )
 
 
 async def _resume(coordinator: Coordinator) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -53,7 +54,9 @@ class PostgresServer:
         command = list(args)
         if self.as_root:
             command = ["runuser", "-u", "postgres", "--", *command]
-        return subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+        return subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=120, cwd="/"
+        )
 
     def start(self) -> PostgresServer:
         if self.as_root:
@@ -74,6 +77,8 @@ class PostgresServer:
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-t", "60",
             "-l", str(self.root / "server.log"), "start",
         )
+        if done.returncode == 0:
+            self._watch_owner()
         if done.returncode != 0:
             log = (self.root / "server.log")
             raise RuntimeError(
@@ -81,6 +86,24 @@ class PostgresServer:
                 f"{log.read_text() if log.exists() else ''}"
             )
         return self
+
+    def _watch_owner(self) -> None:
+        """A watchdog in its own session: when this test process ends without stopping the
+        server (kill -9, a crash), it stops the server and removes its files."""
+        stop = " ".join(
+            (["runuser", "-u", "postgres", "--"] if self.as_root else [])
+            + [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]
+        )
+        script = (
+            f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; "
+            f"{stop} >/dev/null 2>&1; rm -rf {self.root}"
+        )
+        # Started through a shell that returns at once (the watchdog is its orphan), so no
+        # child of ours is left running for Python to warn about.
+        subprocess.run(
+            ["bash", "-c", f"setsid bash -c {shlex.quote(script)} </dev/null >/dev/null 2>&1 &"],
+            check=True, cwd="/", timeout=10,
+        )
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"

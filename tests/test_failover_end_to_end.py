@@ -149,3 +149,30 @@ def test_a_leader_paused_past_its_lease_is_fenced_and_writes_nothing(
         assert_audit_chain_unbroken(db)
     assert b.bots()["ndax"]["state"] == "stopped"
     assert b.interrupt(within=10) == 0
+
+
+def test_the_kill_switch_activated_on_a_standby_stops_the_leaders_bots(
+    tmp_path: Path, postgres_server: PostgresServer, nodes: list[Node]
+) -> None:
+    a, b, _ = two_nodes(tmp_path, postgres_server, nodes, takeover="stopped")
+    a.control("/start-sequential")
+    wait_for(lambda: a.bots()["ndax"]["fills"] >= 1, 15, "ndax trading on node-a")
+
+    status, answer = b.request(
+        "POST", "/kill-switch", {"action": "activate", "reason": "seen from the standby"}
+    )  # no token: stopping is never refused, on a standby either
+
+    assert status == 200, answer
+    assert answer["applied"] is True
+    assert answer["applied_by_term"] == 1
+    switch = a.request("GET", "/kill-switch")[1]
+    assert switch["active"] is True
+    assert switch["reason"] == "seen from the standby (filed on standby node-b)"
+    assert switch["by"] == "standby:node-b"
+    wait_for(
+        lambda: {bot["state"] for bot in a.bots().values()} == {"stopped"}, 10,
+        "node-a's bots stopped",
+    )
+    lift, refused = b.request("POST", "/kill-switch", {"action": "override", "reason": "x"})
+    assert lift == 503  # a lift goes to the leader
+    assert "node-a leads" in refused["error"]["message"]
