@@ -76,22 +76,30 @@ async def serve(
         options.node or default_node_name(options.port),
         lease_seconds=options.lease_seconds,
     )
+    # The standby's server, kept answering until the leader's is about to listen on the port:
+    # a takeover is not a gap of refused connections while the journal opens.
+    standby: list[web.AppRunner] = []
     try:
-        if await _stand_by(leadership, options, stop) is None:
+        if await _stand_by(leadership, options, stop, standby) is None:
             return  # stopped while a standby
-        await _lead(config, options, token, admin_token, stop, on_signals, leadership)
+        await _lead(config, options, token, admin_token, stop, on_signals, leadership, standby)
     finally:
         try:
+            for runner in standby:
+                await runner.cleanup()
             await leadership.release()  # a clean end: a standby need not wait the lease out
         finally:
             await leadership.close()
 
 
 async def _stand_by(
-    leadership: Leadership, options: ServerOptions, stop: asyncio.Event
+    leadership: Leadership,
+    options: ServerOptions,
+    stop: asyncio.Event,
+    standby: list[web.AppRunner],
 ) -> int | None:
     """The lease at once if it is free; else serve as a standby until it is ours (its term) or
-    `stop` is set (None)."""
+    `stop` is set (None). The standby's server is left in `standby`, still serving."""
     term = await leadership.try_acquire()
     if term is not None:
         log.warning("%s leads (term %d)", leadership.node, term)
@@ -102,16 +110,14 @@ async def _stand_by(
         make_standby_app(leadership, options.host), access_log=None, handle_signals=False
     )
     await runner.setup()
-    try:
-        await _listen(runner, options)
-        view = await leadership.view()
-        log.warning(
-            "standby %s on http://%s:%d: %s leads (term %d); taking over when its lease lapses",
-            leadership.node, options.host, options.port, view.holder, view.term,
-        )
-        return await leadership.wait_until_leader(stop)
-    finally:
-        await runner.cleanup()
+    standby.append(runner)
+    await _listen(runner, options)
+    view = await leadership.view()
+    log.warning(
+        "standby %s on http://%s:%d: %s leads (term %d); taking over when its lease lapses",
+        leadership.node, options.host, options.port, view.holder, view.term,
+    )
+    return await leadership.wait_until_leader(stop)
 
 
 async def _listen(runner: web.AppRunner, options: ServerOptions) -> None:
@@ -134,6 +140,7 @@ async def _lead(
     stop: asyncio.Event,
     on_signals: bool,
     leadership: Leadership | None,
+    standby: list[web.AppRunner] | None = None,
 ) -> None:
     coordinator = await Coordinator.open(
         config,
@@ -166,6 +173,8 @@ async def _lead(
         app = make_app(coordinator, token, admin_token, options.host)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
+        while standby:  # the standby's server gives the port up only now
+            await standby.pop().cleanup()
         await _listen(runner, options)
         _announce(coordinator, options, token, admin_token)
         if leadership is not None:

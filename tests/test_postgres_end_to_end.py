@@ -25,6 +25,14 @@ class PostgresCoordinator(CoordinatorProcess):
         return [*super().args(), "--database", self.dsn]
 
 
+def leads(process: CoordinatorProcess) -> bool:
+    try:
+        status, document = process.request("GET", "/status", timeout=1)
+    except OSError:
+        return False
+    return status == 200 and document["coordinator"]["role"]["role"] == "leader"
+
+
 def fills_of(process: CoordinatorProcess, bot: str) -> int:
     return int(process.bots()[bot]["fills"])
 
@@ -51,6 +59,9 @@ def test_on_postgresql_bots_trade_and_after_kill_9_the_journal_is_whole(
     second = PostgresCoordinator(tmp_path, config_dir, dsn, data_dir).start()
     try:
         second.wait_ready()
+        # The killed process still held the leader lease: the new one stands by until it
+        # lapses (5 s by default), then leads.
+        wait_for(lambda: leads(second), 15, "the new process to lead")
         after = second.bots()
         assert after["ndax"]["state"] == "stopped"
         assert after["ndax"]["orders"] >= before["ndax"]["orders"] > 0
