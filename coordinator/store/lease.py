@@ -23,6 +23,7 @@ from datetime import datetime
 from coordinator.store.pg_connection import PgConnection
 
 DEFAULT_GROUP = "coordinator"
+SCHEMA_LOCK = 0x626F74636F6F7264  # = coordinator.store.postgres.MIGRATION_LOCK
 DEFAULT_LEASE_SECONDS = 5.0
 
 CREATE_LEASE_TABLE = """
@@ -97,8 +98,18 @@ class LeaderLease:
         self.group = group
         self.lease_seconds = lease_seconds
         self.term: int | None = None  # the term this node holds, if it leads
-        conn.execute(CREATE_LEASE_TABLE)
-        conn.execute(CREATE_KILL_SWITCH_REQUESTS)
+        # CREATE TABLE IF NOT EXISTS is not safe against itself in PostgreSQL: two nodes
+        # starting together both create, and one fails on pg_type's unique index (seen in
+        # scripts/bench_failover.py). Under the migrations' advisory lock, one at a time.
+        conn.execute("BEGIN")
+        try:
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+            conn.execute(CREATE_LEASE_TABLE)
+            conn.execute(CREATE_KILL_SWITCH_REQUESTS)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def acquire(self) -> int | None:
         """Take the lease if it is free or expired: the new term, else None."""

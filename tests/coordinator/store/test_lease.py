@@ -116,3 +116,29 @@ async def test_a_leader_that_lost_its_lease_writes_nothing(
         assert [r["key"] for r in rows] == ["written-as-leader"]
     finally:
         await store.close()
+
+
+def test_nodes_starting_together_create_the_lease_tables_once(dsn: str) -> None:
+    """CREATE TABLE IF NOT EXISTS races with itself in PostgreSQL; the lease's is serialised."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+    opened: list[PgConnection] = []
+
+    def start_node(i: int) -> None:
+        conn = PgConnection.connect(dsn)
+        opened.append(conn)
+        start.wait()
+        try:
+            LeaderLease(conn, f"node-{i}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start_node, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for conn in opened:
+        conn.close()
+
+    assert errors == []
