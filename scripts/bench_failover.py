@@ -73,9 +73,10 @@ def one_round(server: PostgresServer, lease: float) -> dict[str, Any]:
     for name in CONFIG_FILES:  # the embedded default, as the README's first command runs it
         shutil.copy(embedded_config_dir() / name, config_dir / name)
     a = Node(root, config_dir, dsn, "node-a", lease).start()
-    b = Node(root, config_dir, dsn, "node-b", lease).start()
+    b = Node(root, config_dir, dsn, "node-b", lease)
     try:
-        a.wait_ready()
+        a.wait_ready()  # node-a leads; node-b, started after, stands by
+        b.start()
         b.wait_ready()
         a.control("/start-sequential")
         until(lambda: (a.bots()["ndax"]["fills"] or 0) >= 2, 30, "node-a trading")
