@@ -1,4 +1,5 @@
-"""`bot-coordinator --verify-data [--json] [--data-dir D]`: check the journal and exit.
+"""`bot-coordinator --verify-data [--json] [--data-dir D | --database DSN]`: check the journal
+and exit.
 
 Runs before the configuration is loaded (an operator must be able to check the data while the
 config is broken) and takes no lock on the data dir: it only reads, so it works beside a running
@@ -14,6 +15,8 @@ import sys
 
 from coordinator.integrity import NoDatabase, verify_database
 from coordinator.runtime import DATABASE_FILE
+from coordinator.store.choice import database_target
+from coordinator.store.sqlite import StoreError
 
 EXIT_CLEAN = 0
 EXIT_INCONSISTENT = 1
@@ -21,14 +24,23 @@ EXIT_NO_DATABASE = 2
 
 
 def run_verify_data(args: argparse.Namespace) -> int:
+    """The journal in the data dir, or on PostgreSQL with `--database` (or the env var)."""
     path = args.data_dir / DATABASE_FILE
     try:
-        report = asyncio.run(verify_database(path))
+        database = database_target(getattr(args, "database", None))
+    except StoreError as exc:
+        print(f"bot-coordinator --verify-data: {exc}", file=sys.stderr)
+        return EXIT_NO_DATABASE
+    try:
+        if database is not None:
+            from coordinator.integrity.postgres import verify_postgres
+
+            report = asyncio.run(verify_postgres(database))
+        else:
+            report = asyncio.run(verify_database(path))
     except NoDatabase as exc:
-        print(
-            f"bot-coordinator --verify-data: {exc}; pass the coordinator's --data-dir",
-            file=sys.stderr,
-        )
+        hint = f"pass the coordinator's {'--database' if database else '--data-dir'}"
+        print(f"bot-coordinator --verify-data: {exc}; {hint}", file=sys.stderr)
         return EXIT_NO_DATABASE
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))

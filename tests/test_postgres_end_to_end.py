@@ -4,7 +4,10 @@ journal holds every order once, every fill once and an unbroken audit hash chain
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +106,28 @@ def test_on_postgresql_bots_trade_and_after_kill_9_the_journal_is_whole(
         ).fetchone()
         assert orphans == (0,)
         assert_audit_chain_unbroken(db)
+
+    clean = verify_data(dsn)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    report = json.loads(clean.stdout)
+    assert report["ok"] is True
+    assert report["checked"]["fills"] > 0
+    assert report["checked"]["audit"] > 0
+    assert "sqlite" not in report["checked"]  # SQLite's file checks have no PostgreSQL twin
+
+    # A fill deleted by hand: --verify-data on PostgreSQL names it, as on SQLite.
+    with psycopg.connect(dsn) as db:
+        db.execute("DELETE FROM fills WHERE id = (SELECT MAX(id) FROM fills)")
+    damaged = verify_data(dsn)
+    assert damaged.returncode == 1, damaged.stdout + damaged.stderr
+    assert not json.loads(damaged.stdout)["ok"]
+
+
+def verify_data(dsn: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator", "--verify-data", "--json", "--database", dsn],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
 
 
 def assert_audit_chain_unbroken(db: psycopg.Connection[Any]) -> None:

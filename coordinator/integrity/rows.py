@@ -24,9 +24,12 @@ async def fetch_all(
 
 
 async def table_exists(conn: aiosqlite.Connection, name: str) -> bool:
-    rows = await fetch_all(
-        conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-    )
+    if getattr(conn, "engine", "sqlite") == "postgresql":  # integrity/postgres.py's snapshot
+        sql = "SELECT 1 FROM information_schema.tables WHERE table_schema = 'public'" \
+            " AND table_name = ?"
+    else:
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    rows = await fetch_all(conn, sql, (name,))
     return bool(rows)
 
 
