@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +135,13 @@ class CoordinatorProcess:
     def log_lines(self) -> list[dict[str, Any]]:
         lines = self.log_file.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
+
+
+def running_coordinator(root: Path, config_dir: Path) -> Iterator[CoordinatorProcess]:
+    """The real coordinator on `config_dir`, ready; killed at the end whatever happened."""
+    process = CoordinatorProcess(root, config_dir).start()
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.kill()

@@ -90,21 +90,7 @@ def test_on_postgresql_bots_trade_and_after_kill_9_the_journal_is_whole(
         second.kill()
 
     with psycopg.connect(dsn) as db:
-        orders = db.execute(
-            "SELECT COUNT(*), COUNT(DISTINCT client_order_id) FROM orders"
-        ).fetchone()
-        assert orders is not None
-        assert orders[0] == orders[1] >= final["orders"]  # no client order id twice
-        fills_row = db.execute(
-            "SELECT COUNT(*), COUNT(DISTINCT (client_order_id, trade_id)) FROM fills"
-        ).fetchone()
-        assert fills_row is not None
-        assert fills_row[0] == fills_row[1]
-        orphans = db.execute(
-            "SELECT COUNT(*) FROM fills f LEFT JOIN orders o USING (client_order_id)"
-            " WHERE o.client_order_id IS NULL"
-        ).fetchone()
-        assert orphans == (0,)
+        assert orders_once(db) >= final["orders"]
         assert_audit_chain_unbroken(db)
 
     clean = verify_data(dsn)
@@ -121,6 +107,24 @@ def test_on_postgresql_bots_trade_and_after_kill_9_the_journal_is_whole(
     damaged = verify_data(dsn)
     assert damaged.returncode == 1, damaged.stdout + damaged.stderr
     assert not json.loads(damaged.stdout)["ok"]
+
+
+def orders_once(db: psycopg.Connection[Any]) -> int:
+    """Every order and fill once, every fill's order there; how many orders."""
+    orders = db.execute("SELECT COUNT(*), COUNT(DISTINCT client_order_id) FROM orders").fetchone()
+    assert orders is not None
+    assert orders[0] == orders[1], "a client order id twice"
+    fills = db.execute(
+        "SELECT COUNT(*), COUNT(DISTINCT (client_order_id, trade_id)) FROM fills"
+    ).fetchone()
+    assert fills is not None
+    assert fills[0] == fills[1], "a fill twice"
+    orphans = db.execute(
+        "SELECT COUNT(*) FROM fills f LEFT JOIN orders o USING (client_order_id)"
+        " WHERE o.client_order_id IS NULL"
+    ).fetchone()
+    assert orphans == (0,), "a fill without its order"
+    return int(orders[0])
 
 
 def verify_data(dsn: str) -> subprocess.CompletedProcess[str]:

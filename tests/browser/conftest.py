@@ -11,7 +11,7 @@ from selenium import webdriver
 
 from tests.support_browser import missing_browser, start_chromium, stop_chromium
 from tests.support_config import write_fast_config
-from tests.support_process import CoordinatorProcess
+from tests.support_process import CoordinatorProcess, running_coordinator
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +39,4 @@ def page(browser: webdriver.Chrome) -> Iterator[webdriver.Chrome]:
 
 @pytest.fixture
 def coordinator_process(tmp_path: Path) -> Iterator[CoordinatorProcess]:
-    config_dir = write_fast_config(tmp_path / "config")
-    process = CoordinatorProcess(tmp_path, config_dir).start()
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.kill()
+    yield from running_coordinator(tmp_path, write_fast_config(tmp_path / "config"))

@@ -20,7 +20,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.support_config import write_fast_config
-from tests.support_process import CoordinatorProcess, wait_for
+from tests.support_process import CoordinatorProcess, running_coordinator, wait_for
 
 Page = webdriver.Chrome
 
@@ -263,13 +263,7 @@ def test_a_banner_says_so_when_the_coordinator_stops_answering(
 
 @pytest.fixture
 def hundred_bots(tmp_path: Path) -> Iterator[CoordinatorProcess]:
-    config_dir = write_fast_config(tmp_path / "config", hundred_copies)
-    process = CoordinatorProcess(tmp_path, config_dir).start()
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.kill()
+    yield from running_coordinator(tmp_path, write_fast_config(tmp_path / "config", hundred_copies))
 
 
 def hundred_copies(documents: dict[str, Any]) -> None:
