@@ -27,6 +27,13 @@ def database_target(option: str | None, environ: Mapping[str, str] | None = None
             f"{source}: must be a postgresql://user@host:port/dbname DSN, got {value!r} "
             f"(leave it unset for SQLite in the data dir)"
         )
+    try:
+        import psycopg  # noqa: F401 (only whether it is installed)
+    except ImportError:
+        raise StoreError(
+            f"{source}: the journal on PostgreSQL needs psycopg, which is not installed: "
+            "pip install -e '.[postgres]'"
+        ) from None
     return value
 
 
