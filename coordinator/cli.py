@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--lease-seconds",
-        type=float,
+        type=lease_seconds,
         default=5.0,
         help="the leader lease: a standby takes over this long after the leader stops renewing",
     )
@@ -352,6 +352,19 @@ def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) 
     finally:
         lock.close()
     return EXIT_OK
+
+
+def lease_seconds(text: str) -> float:
+    """--lease-seconds: a number of seconds from 1 to 300 (a shorter lease could lapse between
+    two renewals on a loaded machine; a longer one keeps trading stopped that long after a
+    leader dies)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 1 <= value <= 300:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 300 seconds, got {text}")
+    return value
 
 
 def _config_dir(given: Path | None) -> Path:

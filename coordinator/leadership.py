@@ -24,6 +24,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TypeVar
 
 import psycopg
@@ -158,7 +159,7 @@ class Leadership:
         pending = await self._run(self.lease.pending_kill_switch_requests)
         for request in pending:
             await activate(request)
-            await self._run(lambda r=request: self.lease.mark_applied(r.id))  # type: ignore[misc]
+            await self._run(partial(self.lease.mark_applied, request.id))
         return len(pending)
 
     async def watch_kill_switch_requests(

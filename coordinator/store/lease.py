@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from coordinator.store.pg_connection import PgConnection
+from coordinator.store.postgres import MIGRATION_LOCK
 
 DEFAULT_GROUP = "coordinator"
-SCHEMA_LOCK = 0x626F74636F6F7264  # = coordinator.store.postgres.MIGRATION_LOCK
 DEFAULT_LEASE_SECONDS = 5.0
 
 CREATE_LEASE_TABLE = """
@@ -103,7 +103,7 @@ class LeaderLease:
         # scripts/bench_failover.py). Under the migrations' advisory lock, one at a time.
         conn.execute("BEGIN")
         try:
-            conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
             conn.execute(CREATE_LEASE_TABLE)
             conn.execute(CREATE_KILL_SWITCH_REQUESTS)
             conn.execute("COMMIT")

@@ -264,3 +264,19 @@ def test_read_only_puts_every_bot_in_read_only_mode(tmp_path: Path) -> None:
     forced = with_mode(config, BotMode.READ_ONLY)
     assert {bot.mode for bot in forced.bots.bots} == {BotMode.READ_ONLY}
     assert {bot.mode for bot in config.bots.bots} == {BotMode.PAPER}  # frozen: a copy
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("-1", "must be from 1 to 300 seconds, got -1"), ("abc", "must be a number of seconds")],
+)
+def test_a_bad_lease_length_is_refused_naming_the_flag(
+    value: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--lease-seconds", value])
+
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "--lease-seconds" in err
+    assert expected in err
