@@ -24,6 +24,11 @@ nor `--latest` it lists the backups that verify and suggests `--latest`. Then th
 database, and changes nothing. Exit codes: 0 done, 1 refused or failed (the message says what
 state each file is in), 2 bad arguments or an invalid configuration to back up.
 
+With `--database` (or $BOT_COORDINATOR_DATABASE) the journal is on PostgreSQL: `backup` dumps
+it directly (`pg_dump` reads one snapshot beside a running leader, so no lock is needed), and
+`restore` replaces it in one transaction, refused while any coordinator is connected to that
+database (`backups/postgres_dump.py`).
+
 `restore_hint` is what start-up prints when the config is invalid: the exact command that
 restores the newest backup that the command accepts (checked the same way the restore checks it).
 """
@@ -55,6 +60,7 @@ from coordinator.backups.layout import (
     unique_dir_name,
 )
 from coordinator.backups.manifest import ArchiveError, Manifest
+from coordinator.backups.postgres_dump import PostgresDatabase
 from coordinator.backups.restore import (
     STAGED_DATABASE,
     RestoreFailed,
@@ -65,6 +71,7 @@ from coordinator.backups.restore import (
     database_warnings,
     describe_plan,
     interrupted_restore,
+    postgres_refusal,
     prepare_restore,
     scratch_dir,
     taken_at,
@@ -74,8 +81,9 @@ from coordinator.control_client import ControlPlaneError, ask_running
 from coordinator.logging_setup import configure_logging, stop_logging
 from coordinator.runtime import DATABASE_FILE
 from coordinator.server import StartupError
+from coordinator.store.choice import database_target, open_store
 from coordinator.store.journal import SqliteJournal
-from coordinator.store.sqlite import SqliteStore, StoreError
+from coordinator.store.sqlite import StoreError
 
 BACKUP_COMMANDS: Final = frozenset({"backup", "restore"})
 DEFAULT_BACKUP_DIR: Final = Path("backups")
@@ -111,6 +119,9 @@ def _where(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-dir", type=Path, default=suppress, help="log (./logs)")
     parser.add_argument("--host", default=suppress, help="a running coordinator's address")
     parser.add_argument("--port", type=_port, default=suppress, help="its port (8000)")
+    parser.add_argument(
+        "--database", default=suppress, metavar="DSN", help="the journal on PostgreSQL"
+    )
 
 
 def _port(text: str) -> int:
@@ -137,7 +148,23 @@ def run_backup_command(args: argparse.Namespace, config_dir: Path, lock: LockDat
 # --- backup --------------------------------------------------------------------------------------
 
 
+def _postgres(args: argparse.Namespace) -> PostgresDatabase | int | None:
+    """The journal on PostgreSQL that --database or $BOT_COORDINATOR_DATABASE names; None for
+    SQLite in the data dir; an exit code after saying what is wrong."""
+    try:
+        dsn = database_target(args.database)
+    except StoreError as exc:
+        _say(f"bot-coordinator: {exc}")
+        return 2
+    return None if dsn is None else PostgresDatabase(dsn)
+
+
 def _backup(args: argparse.Namespace, config_dir: Path, lock_data_dir: LockDataDir) -> int:
+    postgres = _postgres(args)
+    if isinstance(postgres, int):
+        return postgres
+    if postgres is not None:  # pg_dump reads one snapshot beside a running leader: no lock
+        return _backup_directly(args, config_dir, postgres)
     held = None
     if args.data_dir.is_dir():
         try:
@@ -151,7 +178,9 @@ def _backup(args: argparse.Namespace, config_dir: Path, lock_data_dir: LockDataD
             held.close()
 
 
-def _backup_directly(args: argparse.Namespace, config_dir: Path) -> int:
+def _backup_directly(
+    args: argparse.Namespace, config_dir: Path, postgres: PostgresDatabase | None = None
+) -> int:
     try:
         settings = load_config(config_dir).recovery.backups
     except ConfigError as exc:
@@ -159,10 +188,14 @@ def _backup_directly(args: argparse.Namespace, config_dir: Path) -> int:
         for issue in exc.issues:
             _say(f"  {issue}")
         return 2
-    database = args.data_dir / DATABASE_FILE
-    include = settings.include_database and database.is_file()
-    if settings.include_database and not include:
-        _say(f"no database at {database}: backing up the config only")
+    database: Path | PostgresDatabase = args.data_dir / DATABASE_FILE
+    if postgres is not None:
+        database = postgres
+        include = settings.include_database
+    else:
+        include = settings.include_database and args.data_dir.joinpath(DATABASE_FILE).is_file()
+        if settings.include_database and not include:
+            _say(f"no database at {database}: backing up the config only")
     request = BackupRequest(
         config_dir=config_dir,
         backup_dir=args.backup_dir,
@@ -175,9 +208,9 @@ def _backup_directly(args: argparse.Namespace, config_dir: Path) -> int:
         result = take_backup(request)
     except BackupFailed as exc:
         _say(f"backup failed; the previous latest is unchanged: {exc}")
-        _audit_directly(args.data_dir, None, f"error: {exc}", {"trigger": "cli"})
+        _audit_directly(args.data_dir, None, f"error: {exc}", {"trigger": "cli"}, postgres=postgres)
         return 1
-    _audit_directly(args.data_dir, result.archive.name, "ok", result.as_dict())
+    _audit_directly(args.data_dir, result.archive.name, "ok", result.as_dict(), postgres=postgres)
     _say(f"backup written: {result.archive} ({result.size} bytes, {result.seconds:.2f}s)")
     print(json.dumps(result.as_dict(), indent=2))
     return 0
@@ -195,16 +228,27 @@ def _backup_through_control_plane(args: argparse.Namespace) -> int:
 # --- restore -------------------------------------------------------------------------------------
 
 
-def _restore(args: argparse.Namespace, lock_data_dir: LockDataDir) -> int:
+def _archive_to_restore(args: argparse.Namespace) -> Path | int:
+    """The archive the operator named, or an exit code after saying what is wrong."""
     if args.latest and args.archive is not None:
         _say("restore: name one backup: an ARCHIVE path, or --latest, not both")
         return 2
     if not args.latest and args.archive is None:
         return _list_restorable(args)
-    archive = args.backup_dir / LATEST_ARCHIVE if args.latest else args.archive
+    archive: Path = args.backup_dir / LATEST_ARCHIVE if args.latest else args.archive
     if not archive.is_file():
         _say(f"restore: no backup at {archive}{_newest_good_hint(args.backup_dir, None)}")
         return 1
+    return archive
+
+
+def _restore(args: argparse.Namespace, lock_data_dir: LockDataDir) -> int:
+    archive = _archive_to_restore(args)
+    if isinstance(archive, int):
+        return archive
+    postgres = _postgres(args)
+    if isinstance(postgres, int):
+        return postgres
     held = None
     running = False
     if args.data_dir.is_dir():
@@ -223,6 +267,8 @@ def _restore(args: argparse.Namespace, lock_data_dir: LockDataDir) -> int:
                 except OSError as exc:
                     _say(_unwritable_backup_dir(args.backup_dir, exc))
                     return 1
+            if postgres is not None and not args.config_only:
+                return _restore_postgres(args, archive, running, postgres)
             return _restore_locked(args, archive, running)
     except OSError as exc:  # outside what apply_restore accounts for: before any change
         _say(f"restore failed; nothing was changed: {os_reason(exc)}")
@@ -315,13 +361,66 @@ def _check_and_apply(
             database_to.unlink(missing_ok=True)  # gone already when it was put in place
 
 
+def _restore_postgres(
+    args: argparse.Namespace, archive: Path, running: bool, postgres: PostgresDatabase
+) -> int:
+    """The config files and the journal on PostgreSQL (`postgres_dump.py`): checked in a
+    scratch dir, refused while any coordinator is connected to the database."""
+    config_dir = args.config_dir or DEFAULT_CONFIG_DIR
+    saved = None
+    try:
+        with scratch_dir() as scratch:
+            try:
+                plan = prepare_restore(
+                    archive, config_dir, args.data_dir, False, scratch, postgres=postgres
+                )
+            except ArchiveError as exc:
+                return _refused_archive(args, archive, exc)
+            except RestoreRefused as exc:
+                _say(f"restore refused; nothing was changed: {exc}")
+                return 1
+            except ScratchWriteError as exc:
+                _say(f"restore failed; nothing was changed: {exc}")
+                return 1
+            refusal = postgres_refusal(postgres) if plan.restores_database else None
+            if refusal is None and running:
+                refusal = _database_under(args)
+            if args.dry_run:
+                print(describe_plan(plan))
+                if refusal is not None:
+                    _say(f"a restore now would be refused: {refusal}")
+                    return 1
+                _say("dry run: nothing was changed; run it again without --dry-run to restore")
+                return 0
+            if refusal is not None:
+                _say(f"restore refused; nothing was changed: {refusal}")
+                return 1
+            saved = unique_dir_name(args.backup_dir, PRE_RESTORE_PREFIX, datetime.now(UTC))
+            try:
+                saved.mkdir(mode=0o700)
+            except OSError as exc:
+                _say(_unwritable_backup_dir(args.backup_dir, exc))
+                return 1
+            return _apply(args, plan, False, saved, postgres)
+    finally:
+        if saved is not None:
+            with contextlib.suppress(OSError):
+                saved.rmdir()  # only when empty: nothing to do
+
+
 def _refused_archive(args: argparse.Namespace, archive: Path, exc: ArchiveError) -> int:
     _say(f"restore refused; nothing was changed: {exc}")
     _say(f"other backups are in {args.backup_dir}{_newest_good_hint(args.backup_dir, archive)}")
     return 1
 
 
-def _apply(args: argparse.Namespace, plan: RestorePlan, running: bool, saved: Path) -> int:
+def _apply(
+    args: argparse.Namespace,
+    plan: RestorePlan,
+    running: bool,
+    saved: Path,
+    postgres: PostgresDatabase | None = None,
+) -> int:
     if plan.nothing_to_do:
         _say(f"nothing to restore: {plan.config_dir} already matches {plan.backup_name}")
         return 0
@@ -350,7 +449,9 @@ def _apply(args: argparse.Namespace, plan: RestorePlan, running: bool, saved: Pa
     if running:
         _say("the running coordinator keeps the config it loaded until it is restarted")
     else:
-        _audit_directly(args.data_dir, plan.backup_name, "ok", details, "backup.restore")
+        _audit_directly(
+            args.data_dir, plan.backup_name, "ok", details, "backup.restore", postgres
+        )
     return 0
 
 
@@ -491,13 +592,16 @@ def _audit_directly(
     result: str,
     details: dict[str, Any],
     action: str = "backup.create",
+    postgres: PostgresDatabase | None = None,
 ) -> None:
-    """Audit an action taken with no coordinator running (best effort: the action is done)."""
-    if not (data_dir / DATABASE_FILE).is_file():
+    """Audit an action taken with no coordinator running (best effort: the action is done).
+    On PostgreSQL a leader may be writing too: the audit chain's primary key makes one of two
+    racing appends fail and be retried, never fork the chain."""
+    if postgres is None and not (data_dir / DATABASE_FILE).is_file():
         return
 
     async def audit() -> None:
-        store = await SqliteStore.open(data_dir / DATABASE_FILE)
+        store = await open_store(data_dir, postgres.dsn if postgres is not None else None)
         try:
             await SqliteJournal(store).audit(
                 actor=ACTOR,

@@ -32,6 +32,7 @@ from coordinator.accounts import Accounts, drill_rate_limits, load_credentials_s
 from coordinator.alerts.notifier import notifier_from_config
 from coordinator.alerts.service import AlertService
 from coordinator.alerts.window import OutcomeWindow
+from coordinator.backups.postgres_dump import PostgresDatabase
 from coordinator.backups.service import BackupService
 from coordinator.config.models import CoordinatorConfig, MarketDataSource
 from coordinator.config_approval import ConfigGate, check_accept
@@ -265,11 +266,9 @@ class Coordinator:
             coordinator._resolve_left_live(), name="resolve-left-live"
         )
         if backup_dir is not None:  # scheduled and on-demand backups of config and journal
-            # On PostgreSQL the backups hold the config only, for now: its journal is the
-            # server's to back up (pg_dump; issue 17 carries it on).
-            database_file = store.path if store.engine == "sqlite" else None
+            journal_source = store.path if database is None else PostgresDatabase(database)
             coordinator.backups = BackupService(
-                config.recovery.backups, config.source_dir, backup_dir, database_file, clock,
+                config.recovery.backups, config.source_dir, backup_dir, journal_source, clock,
                 journal,
             )
             await coordinator.backups.start()

@@ -84,6 +84,8 @@ def test_on_postgresql_bots_trade_and_after_kill_9_the_journal_is_whole(
         assert series["fills"] >= fills
         status, report = second.request("POST", "/reconcile", {"bot": "ndax"})
         assert status == 200, report
+        backup = second.control("/backups", {})  # taken by the leader while ndax trades
+        assert "database/coordinator.pgdump" in backup["files"], backup
         assert second.interrupt(within=10) == 0
         final = {"orders": after["ndax"]["orders"]}
     finally:
@@ -100,6 +102,24 @@ def test_on_postgresql_bots_trade_and_after_kill_9_the_journal_is_whole(
     assert report["checked"]["fills"] > 0
     assert report["checked"]["audit"] > 0
     assert "sqlite" not in report["checked"]  # SQLite's file checks have no PostgreSQL twin
+
+    # The leader's backup restored with the CLI (no coordinator running): the journal goes
+    # back to the backup's time, whole, with the kill switch active.
+    restore = subprocess.run(
+        [sys.executable, "-m", "coordinator", "restore", "--latest", "--database", dsn,
+         "--config-dir", str(config_dir), "--data-dir", str(data_dir),
+         "--log-dir", str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    with psycopg.connect(dsn) as db:
+        orders_once(db)
+        assert_audit_chain_unbroken(db)
+        row = db.execute("SELECT value FROM safety_state WHERE key = 'kill_switch'").fetchone()
+        assert row is not None
+        assert json.loads(row[0])["active"] is True
+    restored = verify_data(dsn)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
 
     # A fill deleted by hand: --verify-data on PostgreSQL names it, as on SQLite.
     with psycopg.connect(dsn) as db:

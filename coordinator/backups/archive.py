@@ -35,7 +35,7 @@ from typing import IO, Final
 from coordinator.backups.layout import CHUNK, os_reason, write_all
 from coordinator.backups.manifest import (
     CONFIG_PREFIX,
-    DATABASE_MEMBER,
+    DATABASE_MEMBERS,
     MANIFEST_NAME,
     ArchiveError,
     FileEntry,
@@ -215,13 +215,14 @@ def _read(archive: Path, database_to: Path | None, config_only: bool) -> Archive
         seen: set[str] = set()
         while (member := tar.next()) is not None:  # not `for`: it starts over at the manifest
             entry = _expected_member(member, expected, seen)
-            if entry.path == DATABASE_MEMBER:
+            if entry.path in DATABASE_MEMBERS.values():
                 contents.database = _check_database(tar, member, entry, database_to)
             else:
                 data = _read_small(tar, member)
                 _check_hash(entry, hashlib.sha256(data).hexdigest())
                 contents.config[entry.path.removeprefix(CONFIG_PREFIX)] = data
-            if config_only and all(p in seen for p in expected if p != DATABASE_MEMBER):
+            databases = DATABASE_MEMBERS.values()
+            if config_only and all(p in seen for p in expected if p not in databases):
                 return contents
         missing = sorted(set(expected) - seen)
         if missing:

@@ -6,7 +6,8 @@ directory's lock:
 1. read the six config files once; write those bytes to `work/config/` and check them with the
    real loader (`load_config`): an invalid configuration is never backed up, so it can never
    become the latest;
-2. copy the database with SQLite's online backup API and check the copy (`database.py`);
+2. copy the database with SQLite's online backup API and check the copy (`database.py`), or
+   for a journal on PostgreSQL, `pg_dump` it and check the dump (`postgres_dump.py`);
 3. write the archive to `work/` (fsync), then read it back and check every hash against the
    manifest;
 4. rename it to `config-YYYYmmdd-HHMMSS.tar.gz` and fsync the directory;
@@ -48,13 +49,17 @@ from coordinator.backups.layout import (
 )
 from coordinator.backups.manifest import (
     CONFIG_PREFIX,
-    DATABASE_MEMBER,
     ArchiveError,
     DatabaseInfo,
     FileEntry,
     Manifest,
     config_version,
     sha256_bytes,
+)
+from coordinator.backups.postgres_dump import (
+    PostgresBackupError,
+    PostgresDatabase,
+    dump_database,
 )
 from coordinator.backups.publish import publish_latest
 from coordinator.backups.retention import apply_retention
@@ -77,7 +82,9 @@ class Retention:
 class BackupRequest:
     config_dir: Path
     backup_dir: Path
-    database: Path | None  # the live database to include, or None for config only
+    # The live journal to include (SQLite's file, or PostgreSQL's database), or None for the
+    # config only.
+    database: Path | PostgresDatabase | None
     trigger: str  # schedule | cli | api
     at: datetime
     retention: Retention | None = None
@@ -142,9 +149,9 @@ def _take(request: BackupRequest, name: str, work: Path, began: float) -> Backup
     _check_abort(request)
     files = [FileEntry(CONFIG_PREFIX + f, len(data), sha256_bytes(data)) for f, data in config]
     members = [(CONFIG_PREFIX + f, staged_config / f) for f, _ in config]
-    if db_copy is not None:
-        files.append(FileEntry(DATABASE_MEMBER, *_size_and_hash(db_copy)))
-        members.append((DATABASE_MEMBER, db_copy))
+    if database is not None and db_copy is not None:
+        files.append(FileEntry(database.member, *_size_and_hash(db_copy)))
+        members.append((database.member, db_copy))
     manifest = Manifest(
         archive=name,
         created_at=request.at,
@@ -208,6 +215,13 @@ def _stage_config(config_dir: Path, staged: Path) -> list[tuple[str, bytes]]:
 def _stage_database(request: BackupRequest, work: Path) -> tuple[DatabaseInfo | None, Path | None]:
     if request.database is None:
         return None, None
+    if isinstance(request.database, PostgresDatabase):
+        dump = work / "coordinator.pgdump"
+        try:
+            version = dump_database(request.database, dump, request.abort)
+        except PostgresBackupError as exc:
+            raise BackupFailed(str(exc)) from exc
+        return DatabaseInfo(version, "pg_restore --list ok", "postgresql"), dump
     copy = work / "coordinator.db"
     try:
         version = copy_database(request.database, copy)

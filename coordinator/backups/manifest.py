@@ -10,14 +10,18 @@
   "config_source": "/srv/bots/config",
   "config_versions": {"bots.json": 1, ...},   // each file's own `version` (its schema version)
   "database": {"path": "database/coordinator.db", "schema_version": 3,
-               "integrity_check": "ok"},      // null when the backup holds no database
+               "integrity_check": "ok",       // null when the backup holds no database
+               "engine": "sqlite"},           // or "postgresql": database/coordinator.pgdump
   "files": [{"path": "config/bots.json", "size": 2143, "sha256": "..."}, ...]
 }
 ```
 
+A journal on PostgreSQL is held as a `pg_dump` archive (`backups/postgres_dump.py`); a manifest
+without `engine` (written before PostgreSQL) is SQLite's.
+
 `parse_manifest` checks the shape strictly: a manifest that lists a path other than the ones a
-backup can hold (the six config files and the database) is refused, so a crafted archive
-cannot make a restore write anywhere else.
+backup can hold (the six config files and the database, at its engine's path) is refused, so a
+crafted archive cannot make a restore write anywhere else.
 """
 
 from __future__ import annotations
@@ -34,10 +38,14 @@ FORMAT: Final = 1
 MANIFEST_NAME: Final = "manifest.json"
 CONFIG_PREFIX: Final = "config/"
 DATABASE_MEMBER: Final = "database/coordinator.db"
+PG_DUMP_MEMBER: Final = "database/coordinator.pgdump"
+DATABASE_MEMBERS: Final = {"sqlite": DATABASE_MEMBER, "postgresql": PG_DUMP_MEMBER}
 # Config files a backup taken by an earlier version does not hold: such an archive is still
 # whole, and a restore keeps the current file (or the shipped default) for them.
 ADDED_LATER: Final = frozenset({ALERTS_FILE})
-ALLOWED_MEMBERS: Final = frozenset({*(CONFIG_PREFIX + f for f in CONFIG_FILES), DATABASE_MEMBER})
+ALLOWED_MEMBERS: Final = frozenset(
+    {*(CONFIG_PREFIX + f for f in CONFIG_FILES), *DATABASE_MEMBERS.values()}
+)
 TRIGGERS: Final = frozenset({"schedule", "cli", "api"})
 
 
@@ -56,6 +64,11 @@ class FileEntry:
 class DatabaseInfo:
     schema_version: int
     integrity_check: str
+    engine: str = "sqlite"  # or "postgresql"
+
+    @property
+    def member(self) -> str:
+        return DATABASE_MEMBERS[self.engine]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +105,10 @@ class Manifest:
             "database": None
             if self.database is None
             else {
-                "path": DATABASE_MEMBER,
+                "path": self.database.member,
                 "schema_version": self.database.schema_version,
                 "integrity_check": self.database.integrity_check,
+                "engine": self.database.engine,
             },
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
         }
@@ -161,7 +175,13 @@ def _database(value: Any) -> DatabaseInfo | None:
     version = value["schema_version"]
     if not isinstance(version, int):
         raise ValueError(f"database schema_version: {version!r}")
-    return DatabaseInfo(version, _text(value["integrity_check"]))
+    engine = value.get("engine", "sqlite")
+    if engine not in DATABASE_MEMBERS:
+        raise ValueError(f"database engine: {engine!r}")
+    info = DatabaseInfo(version, _text(value["integrity_check"]), engine)
+    if value["path"] != info.member:
+        raise ValueError(f"database path {value['path']!r} for engine {engine!r}")
+    return info
 
 
 def _check_paths(manifest: Manifest) -> None:
@@ -176,5 +196,7 @@ def _check_paths(manifest: Manifest) -> None:
     ]
     if missing:
         raise ArchiveError(f"{MANIFEST_NAME} lacks config files: {', '.join(missing)}")
-    if (manifest.database is None) != (DATABASE_MEMBER not in paths):
+    held = [p for p in paths if p in DATABASE_MEMBERS.values()]
+    expected = [] if manifest.database is None else [manifest.database.member]
+    if held != expected:
         raise ArchiveError(f"{MANIFEST_NAME} disagrees with itself about the database")

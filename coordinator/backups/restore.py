@@ -51,7 +51,7 @@ import json
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,7 +68,17 @@ from coordinator.backups.layout import (
     remove_tree,
     write_file,
 )
-from coordinator.backups.manifest import ADDED_LATER, Manifest
+from coordinator.backups.manifest import ADDED_LATER, DATABASE_MEMBERS, Manifest
+from coordinator.backups.postgres_dump import (
+    PostgresBackupError,
+    PostgresDatabase,
+    check_dump,
+    coordinators_connected,
+    dump_database,
+    live_lease,
+    restore_database,
+    schema_version,
+)
 from coordinator.config import CONFIG_FILES, ConfigError, embedded_config_dir, load_config
 from coordinator.safety.kill_switch import STATE_KEY, KillSwitchState
 from coordinator.store.journal import iso
@@ -89,7 +99,9 @@ class RestoreRefused(Exception):
 class RestoreFailed(Exception):
     """The restore failed while applying; the message says which state each file is in."""
 
-    def __init__(self, reason: str, states: list[tuple[Path, str]], saved: Path | None) -> None:
+    def __init__(
+        self, reason: str, states: Sequence[tuple[Path | str, str]], saved: Path | None
+    ) -> None:
         self.reason = reason
         self.states = states
         self.saved = saved
@@ -119,6 +131,13 @@ class RestorePlan:
     data_dir: Path
     changes: list[ConfigChange] = field(default_factory=list)
     staged_database: Path | None = None  # the checked copy; None: config only
+    postgres: PostgresDatabase | None = None  # the journal to restore is there, not in data_dir
+
+    @property
+    def database_label(self) -> str:
+        if self.postgres is not None:
+            return f"the journal on PostgreSQL ({self.postgres.label})"
+        return f"the database {self.data_dir / DATABASE_FILE}"
 
     @property
     def restores_database(self) -> bool:
@@ -186,9 +205,11 @@ def prepare_restore(
     config_only: bool,
     scratch: Path,
     database_to: Path | None = None,
+    postgres: PostgresDatabase | None = None,
 ) -> RestorePlan:
     """Check `archive` completely and plan the restore. `scratch` is an empty directory for the
-    config check; the archived database is copied to `database_to` (default: into `scratch`)."""
+    config check; the archived database is copied to `database_to` (default: into `scratch`).
+    `postgres`: the journal is on PostgreSQL there (the archive must hold a dump of one)."""
     if not config_only and database_to is None:
         database_to = scratch / DATABASE_FILE
     if database_to is not None:
@@ -205,13 +226,20 @@ def prepare_restore(
             contents.manifest,
             config_dir,
             data_dir,
+            postgres=postgres,
         )
         for file in CONFIG_FILES:
             current = _read_or_none(config_dir / file)
             if current != contents.config[file]:
                 plan.changes.append(ConfigChange(file, current, contents.config[file]))
         if contents.database is not None:
-            _check_archived_database(contents.database)
+            assert contents.manifest.database is not None
+            engine = contents.manifest.database.engine
+            _check_engine(engine, postgres)
+            if engine == "postgresql":
+                _check_archived_dump(contents.database, contents.manifest.database.schema_version)
+            else:
+                _check_archived_database(contents.database)
             plan.staged_database = contents.database
     except BaseException:
         if contents.database is not None:
@@ -263,6 +291,58 @@ def _own_file(archive: Path, manifest: Manifest) -> Path:
     return archive
 
 
+def _check_engine(engine: str, postgres: PostgresDatabase | None) -> None:
+    here = "postgresql" if postgres is not None else "sqlite"
+    if engine == here:
+        return
+    member = DATABASE_MEMBERS[engine]
+    if engine == "postgresql":
+        how = "restore it with --database postgresql://... (the database to replace)"
+    else:
+        how = "restore it without --database (into the data dir's SQLite file)"
+    raise RestoreRefused(
+        f"the backup holds a journal on {_ENGINE_NAMES[engine]} ({member}) and the journal here "
+        f"is on {_ENGINE_NAMES[here]}: {how}, or restore only the config with --config-only"
+    )
+
+
+_ENGINE_NAMES: Final = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+
+
+def _check_archived_dump(path: Path, version: int) -> None:
+    try:
+        check_dump(path)
+    except PostgresBackupError as exc:
+        raise RestoreRefused(f"the archived database is unusable: {exc}") from exc
+    if version > LATEST_VERSION:
+        raise RestoreRefused(
+            f"the archived database is at schema version {version}, newer than this "
+            f"coordinator knows ({LATEST_VERSION}): restore it with the newer coordinator"
+        )
+
+
+def postgres_refusal(database: PostgresDatabase) -> str | None:
+    """Why the journal on PostgreSQL must not be restored now (a coordinator uses it), or None."""
+    try:
+        connected = coordinators_connected(database.dsn)
+        holder = live_lease(database.dsn)
+    except PostgresBackupError as exc:
+        return str(exc)
+    if connected:
+        return (
+            f"{len(connected)} coordinator connection(s) on {database.label} (from "
+            f"{', '.join(sorted(set(connected)))}): the journal is never restored under a "
+            "running coordinator, leader or standby; stop every one first, or restore only "
+            "the config with --config-only"
+        )
+    if holder is not None:
+        return (
+            f"the lease on {database.label} is held by {holder} and has not expired: wait for "
+            "it to expire (a coordinator stopped by kill -9 holds it a few seconds)"
+        )
+    return None
+
+
 def _check_archived_database(path: Path) -> None:
     try:
         version = check_database(path)
@@ -309,7 +389,13 @@ def describe_plan(plan: RestorePlan) -> str:
         lines.append(_diff(plan, change, plan.taken))
     unchanged = len(CONFIG_FILES) - len(plan.changes)
     lines.append(f"{unchanged} config file(s) already match the backup")
-    if plan.restores_database:
+    if plan.restores_database and plan.postgres is not None:
+        lines.append(
+            f"{plan.database_label} would be replaced by the dump from {plan.taken} (schema "
+            f"version {_db_version(plan)}), in one transaction; the current journal is dumped "
+            "into pre-restore first (the lease tables are left as they are)"
+        )
+    elif plan.restores_database:
         lines.append(
             f"the database {plan.data_dir / DATABASE_FILE} would be replaced by the copy from "
             f"{plan.taken} (schema version {_db_version(plan)}); the current file, with its "
@@ -398,6 +484,8 @@ def apply_restore(plan: RestorePlan, saved: Path, at: datetime) -> RestoreOutcom
     database must have been staged in the data dir (`prepare_restore(database_to=...)`)."""
     if plan.nothing_to_do:
         return RestoreOutcome([], None)
+    if plan.postgres is not None and plan.staged_database is not None:
+        return _apply_with_postgres(plan, plan.postgres, plan.staged_database, saved, at)
     files = [_File(plan.config_dir / change.file) for change in plan.changes]
     database = None
     if plan.staged_database is not None:
@@ -438,6 +526,60 @@ def apply_restore(plan: RestorePlan, saved: Path, at: datetime) -> RestoreOutcom
     return RestoreOutcome(replaced, saved, warnings)
 
 
+PG_PRE_RESTORE_DUMP: Final = "database/coordinator.pgdump"
+
+
+def _apply_with_postgres(
+    plan: RestorePlan, postgres: PostgresDatabase, dump: Path, saved: Path, at: datetime
+) -> RestoreOutcome:
+    """The journal on PostgreSQL and the config files. The journal first, in one transaction
+    (all or nothing, with the kill switch ACTIVE); then the config files, all or nothing as
+    for SQLite. The config files cannot join the database's transaction: if they fail after
+    it committed, they are put back and the journal stays restored (said plainly)."""
+    files = [_File(plan.config_dir / change.file) for change in plan.changes]
+    try:
+        _keep(plan, files, None, saved, at, postgres)
+        _stage(plan, files, None, at)
+        state = KillSwitchState(
+            active=True,
+            reason=kill_switch_reason(plan),
+            by="restore",
+            at=at,
+            trigger=RESTORE_TRIGGER,
+            cooldown_until=None,
+            last_lifted=None,  # the restored row's, kept by the restore's own SQL
+        )
+        restore_database(postgres, dump, STATE_KEY, state.to_json(), iso(at), LATEST_VERSION)
+    except BaseException as exc:
+        _discard_staged(files, None)
+        remove_tree(saved)
+        if isinstance(exc, (OSError, PostgresBackupError)):
+            raise RestoreFailed(
+                f"restore failed before anything was replaced: {_reason(exc)}; nothing was "
+                "changed",
+                [*((f.target, UNCHANGED) for f in files), (postgres.label, UNCHANGED)],
+                None,
+            ) from exc
+        raise
+    restored = (
+        postgres.label,
+        f"RESTORED from the backup (committed); the journal as it was is in "
+        f"{saved / PG_PRE_RESTORE_DUMP}",
+    )
+    try:
+        _rename(plan, files, None)
+    except BaseException as exc:
+        states = _roll_back(files, None, saved)
+        _discard_staged(files, None)
+        raise RestoreFailed(
+            f"the journal was restored but the config files could not be put in place: "
+            f"{_reason(exc)}; the config files replaced so far were put back (below)",
+            [*states, restored],
+            saved,
+        ) from exc
+    return RestoreOutcome([str(f.target) for f in files] + [postgres.label], saved)
+
+
 def _reason(exc: BaseException) -> str:
     return os_reason(exc) if isinstance(exc, OSError) else str(exc) or type(exc).__name__
 
@@ -447,7 +589,12 @@ def _database_state(database: _Database | None) -> list[tuple[Path, str]]:
 
 
 def _keep(
-    plan: RestorePlan, files: list[_File], database: _Database | None, saved: Path, at: datetime
+    plan: RestorePlan,
+    files: list[_File],
+    database: _Database | None,
+    saved: Path,
+    at: datetime,
+    postgres: PostgresDatabase | None = None,
 ) -> None:
     """Phase 1: copy what the restore replaces into `saved`, with a note of what happened."""
     kept: list[str] = []
@@ -466,6 +613,11 @@ def _keep(
             if path.exists():
                 copy_file(path, saved / "database" / path.name)
                 kept.append(f"database/{path.name}")
+    if postgres is not None:
+        (saved / "database").mkdir(mode=0o700)
+        if schema_version(postgres.dsn) is not None:  # an empty database has nothing to keep
+            dump_database(postgres, saved / PG_PRE_RESTORE_DUMP)
+            kept.append(PG_PRE_RESTORE_DUMP)
     note = {
         "restored_from": str(plan.source),
         "backup": plan.backup_name,
@@ -475,9 +627,15 @@ def _keep(
         "restored_at": at.isoformat(),
         "config_dir": str(plan.config_dir),
         "data_dir": str(plan.data_dir),
-        "database_restored": database is not None,
+        "database_restored": database is not None or postgres is not None,
+        "database": postgres.label if postgres is not None else str(plan.data_dir / DATABASE_FILE),
         "kept_here": kept,
-        "undo": "copy these files back (stop the coordinator first)",
+        "undo": "copy these files back (stop the coordinator first)"
+        + (
+            f"; the journal: pg_restore --clean --if-exists -d DSN {PG_PRE_RESTORE_DUMP}"
+            if postgres is not None
+            else ""
+        ),
     }
     write_file(saved / "restore.json", (json.dumps(note, indent=2) + "\n").encode())
     for directory in (saved / "config", saved / "database", saved):

@@ -36,6 +36,7 @@ from coordinator.backups.create import (
     take_backup,
 )
 from coordinator.backups.layout import LATEST_ARCHIVE
+from coordinator.backups.postgres_dump import PostgresDatabase
 from coordinator.backups.publish import verify_latest
 from coordinator.backups.scheduler import POLL_SECONDS, BackupSchedule, BackupScheduler
 from coordinator.config.models import BackupSettings
@@ -70,7 +71,7 @@ class BackupService:
         settings: BackupSettings,
         config_dir: Path,
         backup_dir: Path,
-        database: Path | None,  # None: config only (a journal on PostgreSQL)
+        database: Path | PostgresDatabase | None,  # None: config only
         clock: Callable[[], datetime],
         journal: SqliteJournal | None = None,
         poll_seconds: float = POLL_SECONDS,

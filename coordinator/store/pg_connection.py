@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 
 from coordinator.store.fence import TransactionFence
+from coordinator.store.postgres_dsn import APPLICATION_NAME
 
 _TOKEN = re.compile(
     r"""'(?:[^']|'')*'           # a string literal
@@ -124,7 +125,9 @@ class PgConnection:
 
     @classmethod
     def connect(cls, dsn: str, read_only: bool = False) -> PgConnection:
-        conn = psycopg.connect(dsn, autocommit=True, row_factory=_rows)
+        conn = psycopg.connect(
+            dsn, autocommit=True, row_factory=_rows, application_name=APPLICATION_NAME
+        )
         if read_only:
             conn.execute("SET default_transaction_read_only = on")
         return cls(conn)

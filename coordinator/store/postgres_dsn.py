@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+# Every connection a coordinator opens says what it is, so that a restore can refuse while one
+# is connected (pg_stat_activity.application_name).
+APPLICATION_NAME = "bot-coordinator"
+
 
 def is_postgres_dsn(target: str) -> bool:
     return urlsplit(target).scheme in ("postgresql", "postgres")

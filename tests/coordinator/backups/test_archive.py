@@ -106,6 +106,23 @@ def test_a_manifest_naming_a_path_outside_the_backup_is_refused(
         read_archive(rebuild(archive, tmp_path / "crafted.tar.gz", contents))
 
 
+def test_a_manifest_from_before_engines_is_sqlites_and_a_mismatched_engine_is_refused(
+    archive: Path, tmp_path: Path
+) -> None:
+    contents = members(archive)
+    manifest = json.loads(contents["manifest.json"])
+    del manifest["database"]["engine"]  # as written before the journal could be on PostgreSQL
+    contents["manifest.json"] = json.dumps(manifest).encode()
+    old = read_archive(rebuild(archive, tmp_path / "old.tar.gz", contents))
+    assert old.manifest.database is not None
+    assert old.manifest.database.engine == "sqlite"
+
+    manifest["database"]["engine"] = "postgresql"  # a dump's engine at the SQLite file's path
+    contents["manifest.json"] = json.dumps(manifest).encode()
+    with pytest.raises(ArchiveError, match=r"database path 'database/coordinator\.db' for engine"):
+        read_archive(rebuild(archive, tmp_path / "crafted.tar.gz", contents))
+
+
 def test_a_link_in_place_of_a_config_file_is_refused(archive: Path, tmp_path: Path) -> None:
     contents = members(archive)
     del contents["config/api-endpoints.json"], contents["database/coordinator.db"]

@@ -63,6 +63,7 @@ def test_a_backup_holds_the_config_and_database_with_a_manifest_of_their_hashes(
         "path": "database/coordinator.db",
         "schema_version": LATEST_VERSION,
         "integrity_check": "ok",
+        "engine": "sqlite",
     }
     for entry in manifest["files"]:
         assert entry["sha256"] == sha256(inside[entry["path"]])
