@@ -142,22 +142,14 @@ async def _lead(
     leadership: Leadership | None,
     standby: list[web.AppRunner] | None = None,
 ) -> None:
-    coordinator = await Coordinator.open(
-        config,
-        options.data_dir,
-        backup_dir=options.backup_dir,
-        database=options.database,
-        fence=leadership.fence() if leadership is not None else None,
-    )
+    lost: list[str] = []
+    tasks: list[asyncio.Task[None]] = []
+    coordinator = await _open_renewing(config, options, leadership, stop, lost, tasks)
     # From here on the coordinator holds the store's writer thread and its timers: whatever
     # fails (building the app, binding the port) closes it, or the process would outlive the
     # error, deaf to SIGTERM (seen: a start that failed in make_app hung until SIGKILL).
     runner: web.AppRunner | None = None
-    tasks: list[asyncio.Task[None]] = []
-    lost: list[str] = []
     try:
-        if leadership is not None:
-            tasks.append(_keep_leading(coordinator, leadership, stop, lost))
         if options.log_dir is not None:
             coordinator.evidence.log_dir = options.log_dir
         if options.read_only:  # a reload reads config/ as this start did
@@ -198,14 +190,44 @@ async def _lead(
         raise LeaseLost(lost[0])
 
 
+async def _open_renewing(
+    config: CoordinatorConfig,
+    options: ServerOptions,
+    leadership: Leadership | None,
+    stop: asyncio.Event,
+    lost: list[str],
+    tasks: list[asyncio.Task[None]],
+) -> Coordinator:
+    """Open the coordinator, renewing the lease from the moment it is ours (into `tasks`), so
+    a slow open (migrations, recovery) cannot let it lapse; losing it meanwhile sets `stop`,
+    and the start ends as soon as it is up."""
+    if leadership is not None:
+        tasks.append(_keep_leading(leadership, stop, lost))
+    try:
+        coordinator = await Coordinator.open(
+            config,
+            options.data_dir,
+            backup_dir=options.backup_dir,
+            database=options.database,
+            fence=leadership.fence() if leadership is not None else None,
+        )
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        raise
+    if leadership is not None:
+        coordinator.role = {
+            "role": "leader", "node": leadership.node, "term": leadership.lease.term,
+            "lease_seconds": leadership.lease_seconds,
+        }  # fmt: skip
+    return coordinator
+
+
 def _keep_leading(
-    coordinator: Coordinator, leadership: Leadership, stop: asyncio.Event, lost: list[str]
+    leadership: Leadership, stop: asyncio.Event, lost: list[str]
 ) -> asyncio.Task[None]:
     """Renew the lease in the background; on losing it, note why and stop serving."""
-    coordinator.role = {
-        "role": "leader", "node": leadership.node, "term": leadership.lease.term,
-        "lease_seconds": leadership.lease_seconds,
-    }  # fmt: skip
 
     async def on_lost(why: str) -> None:
         log.critical("%s stops leading: %s; stopping every bot now", leadership.node, why)

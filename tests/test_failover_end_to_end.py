@@ -2,7 +2,9 @@
 stands by. kill -9 of the leader while its paper bots trade: the standby leads within the
 target, resolves the orders left in flight, starts the bots again one by one (--on-takeover
 resume), and the journal holds every order once and an unbroken audit chain. A leader paused
-past its lease (SIGSTOP, then SIGCONT) is fenced: it writes nothing, and ends with exit 3."""
+past its lease (SIGSTOP, then SIGCONT) is fenced: it writes nothing, and ends with exit 3. A
+leader cut off from the database (its packets dropped) stops before its lease can lapse, the
+standby takes over, and what the old one queued is fenced when the network heals."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pytest
 from tests.support_config import write_fast_config
 from tests.support_postgres import PostgresServer
 from tests.support_process import CoordinatorProcess, wait_for
+from tests.support_proxy import PartitionableProxy
 from tests.test_postgres_end_to_end import assert_audit_chain_unbroken, orders_once
 
 LEASE = 2.0  # seconds: the test's lease (the default is 5)
@@ -172,3 +175,54 @@ def test_the_kill_switch_activated_on_a_standby_stops_the_leaders_bots(
     lift, refused = b.request("POST", "/kill-switch", {"action": "override", "reason": "x"})
     assert lift == 503  # a lift goes to the leader
     assert "node-a leads" in refused["error"]["message"]
+
+
+def test_a_leader_cut_off_from_the_database_stops_trading_and_the_standby_takes_over(
+    tmp_path: Path, postgres_server: PostgresServer, nodes: list[Node]
+) -> None:
+    proxy = PartitionableProxy(postgres_server.port).start()
+    try:
+        dsn = postgres_server.create_database()
+        config_dir = write_fast_config(tmp_path / "config")
+        # node-a reaches the database through the proxy, node-b directly.
+        a = Node(tmp_path, config_dir, dsn.replace(f":{postgres_server.port}/",
+                 f":{proxy.port}/"), "node-a", "stopped").start()  # fmt: skip
+        nodes.append(a)
+        a.wait_ready()
+        b = Node(tmp_path, config_dir, dsn, "node-b", "stopped").start()
+        nodes.append(b)
+        b.wait_ready()
+        a.control("/start-sequential")
+        wait_for(lambda: a.bots()["ndax"]["fills"] >= 3, 15, "ndax trading on node-a")
+
+        proxy.partition()  # node-a's packets to and from the database are dropped
+        cut = time.monotonic()
+        wait_for(lambda: "stops leading" in a.text(), LEASE * 2, "node-a to stop leading")
+        stopped = time.monotonic() - cut
+        wait_for(lambda: (b.role() or {}).get("role") == "leader", TAKEOVER_TARGET,
+                 "node-b to lead")  # fmt: skip
+        took = time.monotonic() - cut
+        with psycopg.connect(dsn) as db:
+            row = db.execute("SELECT term, acquired_at FROM leader_lease").fetchone()
+        assert row is not None
+        term, took_over_at = row
+        assert term == 2
+        assert stopped < LEASE, "node-a must stop before its lease can lapse"
+        assert took < TAKEOVER_TARGET
+
+        proxy.heal()  # what node-a queued meanwhile now reaches the database: fenced
+        assert a.proc is not None
+        assert a.proc.wait(timeout=20) == 3
+        assert b.interrupt(within=10) == 0
+    finally:
+        proxy.stop()
+    since = took_over_at.isoformat(timespec="microseconds")
+    with psycopg.connect(dsn) as db:
+        late = db.execute(
+            "SELECT (SELECT COUNT(*) FROM orders WHERE created_at > %s),"
+            " (SELECT COUNT(*) FROM fills WHERE recorded_at > %s)",
+            (since, since),
+        ).fetchone()
+        assert late == (0, 0)
+        orders_once(db)
+        assert_audit_chain_unbroken(db)
