@@ -17,10 +17,9 @@ from typing import Any
 from coordinator.config.models import CoordinatorConfig
 from coordinator.control_client import ControlPlaneError, post_to_running
 from coordinator.errors import CoordinatorError
-from coordinator.runtime import DATABASE_FILE
 from coordinator.safety.layer import SafetyLayer
 from coordinator.store.journal import SqliteJournal
-from coordinator.store.sqlite import SqliteStore
+from coordinator.store.offline import journal_label, offline_journal
 
 ACTOR = "cli"
 
@@ -45,14 +44,14 @@ def reset_breaker(args: argparse.Namespace, config: CoordinatorConfig, running: 
     except CoordinatorError as exc:
         _say(f"breaker reset refused: {exc.message}")
         return 1
-    _say(f"breaker {args.name} reset in {args.data_dir / DATABASE_FILE} (no coordinator running)")
+    where = journal_label(args.data_dir, args.database)
+    _say(f"breaker {args.name} reset in {where} (no coordinator running)")
     print(json.dumps(result, indent=2))
     return 0
 
 
 async def _reset_in_store(args: argparse.Namespace, config: CoordinatorConfig) -> dict[str, Any]:
-    store = await SqliteStore.open(args.data_dir / DATABASE_FILE)
-    try:
+    async with offline_journal(args.data_dir, args.database) as store:
         journal = SqliteJournal(store)
         safety = SafetyLayer(config, journal, lambda: datetime.now(UTC))
         await safety.load()
@@ -79,8 +78,6 @@ async def _reset_in_store(args: argparse.Namespace, config: CoordinatorConfig) -
             details={"approved_by": args.approved_by, "reason": args.reason},
         )
         return result
-    finally:
-        await store.close()
 
 
 def _reset_through_control_plane(args: argparse.Namespace) -> int:

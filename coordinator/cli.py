@@ -291,18 +291,32 @@ def _coordinator_holds(data_dir: Path) -> bool:
 
 def _on_journal(args: argparse.Namespace, command: Callable[[bool], int]) -> int:
     """Run a command on the data dir's journal: `command(True)` when a coordinator holds it
-    (ask that one), else `command(False)` holding the lock so none starts meanwhile."""
-    if not (args.data_dir / DATABASE_FILE).exists():
+    (ask that one), else `command(False)` holding the lock so none starts meanwhile. With the
+    journal on PostgreSQL (`args.database` becomes its DSN, from the option or the
+    environment), the command holds the leader lease instead (`store/offline.py`) and is
+    refused while another coordinator leads."""
+    try:
+        args.database = database_target(args.database)
+    except StoreError as exc:
+        _say(f"bot-coordinator: {exc}")
+        return EXIT_BAD_CONFIG
+    if args.database is None and not (args.data_dir / DATABASE_FILE).exists():
         _say(f"no journal at {args.data_dir / DATABASE_FILE}: pass the coordinator's --data-dir")
         return EXIT_START_FAILED
-    try:
-        lock = _lock_data_dir(args.data_dir)
-    except StartupError:
-        return command(True)
+    lock = None
+    if args.data_dir.is_dir():
+        try:
+            lock = _lock_data_dir(args.data_dir)
+        except StartupError:
+            return command(True)
     try:
         return command(False)
+    except StoreError as exc:  # on PostgreSQL: another coordinator leads, or no database
+        _say(f"bot-coordinator: {exc}")
+        return EXIT_START_FAILED
     finally:
-        lock.close()
+        if lock is not None:
+            lock.close()
 
 
 def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) -> int:

@@ -34,9 +34,8 @@ from coordinator.config.models import CoordinatorConfig
 from coordinator.config_approval import ConfigGate, check_approver
 from coordinator.control_client import ControlPlaneError, ask_running
 from coordinator.errors import CoordinatorError
-from coordinator.runtime import DATABASE_FILE
 from coordinator.store.journal import SqliteJournal
-from coordinator.store.sqlite import SqliteStore
+from coordinator.store.offline import offline_journal
 
 ACTOR = "cli"
 EXIT_OK, EXIT_REFUSED, EXIT_BAD_ARGS = 0, 1, 2
@@ -246,13 +245,10 @@ async def _with_gate(
     config: CoordinatorConfig,
     action: Callable[[ConfigGate], Any],
 ) -> dict[str, Any]:
-    store = await SqliteStore.open(args.data_dir / DATABASE_FILE)
-    try:
+    async with offline_journal(args.data_dir, args.database) as store:
         gate = await ConfigGate.open(config, SqliteJournal(store), lambda: datetime.now(UTC))
         result: dict[str, Any] = await action(gate)
         return result
-    finally:
-        await store.close()
 
 
 # -- --health-check ------------------------------------------------------------------------------

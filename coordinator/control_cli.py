@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,12 +33,11 @@ from coordinator.config.models import CoordinatorConfig
 from coordinator.control_client import ControlPlaneError, ask_running
 from coordinator.errors import CoordinatorError
 from coordinator.incidents.book import IncidentBook
-from coordinator.runtime import DATABASE_FILE
 from coordinator.safety.kill_switch import NO_REASON, Trigger
 from coordinator.safety.layer import SafetyLayer
 from coordinator.safety.scopes import TradingState
 from coordinator.store.journal import SqliteJournal, audit_entry
-from coordinator.store.sqlite import SqliteStore
+from coordinator.store.offline import LeaderRunning, journal_label, offline_journal
 
 ACTOR = "cli"
 ACTIONS = {
@@ -111,10 +112,31 @@ def _switch(args: argparse.Namespace, config: CoordinatorConfig, running: bool) 
     except CoordinatorError as exc:
         _say(f"{args.switch_action} refused: {exc.message}")
         return 1
-    _say(f"{args.switch_action} written to {args.data_dir / DATABASE_FILE} (no coordinator "
-         "running); it holds from the next start")
+    except LeaderRunning as exc:
+        if action != "activate" or scope:
+            raise
+        # The kill switch always wins: a leader elsewhere gets the activation as a standby
+        # would file it (one row; it applies it within half a second).
+        request = asyncio.run(_file_kill_switch_request(args.database, args.reason))
+        _say(f"{exc}; the activation was filed for it instead (request {request}): the "
+             "leader applies it within half a second, and a leader that takes over applies "
+             "it before any bot starts")
+        return 0
+    where = journal_label(args.data_dir, args.database)
+    _say(f"{args.switch_action} written to {where} (no coordinator running); it holds from "
+         "the next start")
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+async def _file_kill_switch_request(database: str, reason: str | None) -> int:
+    from coordinator.leadership import Leadership
+
+    leadership = await Leadership.open(database, f"cli:{socket.gethostname()}:{os.getpid()}")
+    try:
+        return await leadership.request_kill_switch(reason or NO_REASON)
+    finally:
+        await leadership.close()
 
 
 @asynccontextmanager
@@ -122,15 +144,12 @@ async def _safety_in_store(
     args: argparse.Namespace, config: CoordinatorConfig
 ) -> AsyncIterator[tuple[SqliteJournal, SafetyLayer]]:
     """The journal of the data dir and its safety state read back, as a coordinator would."""
-    store = await SqliteStore.open(args.data_dir / DATABASE_FILE)
-    try:
+    async with offline_journal(args.data_dir, args.database) as store:
         journal = SqliteJournal(store)
         safety = SafetyLayer(config, journal, lambda: datetime.now(UTC))
         await safety.load()
         yield journal, safety
         await safety.flush()
-    finally:
-        await store.close()
 
 
 async def _set_in_store(
@@ -177,7 +196,8 @@ def _enable(args: argparse.Namespace, config: CoordinatorConfig, running: bool) 
     except CoordinatorError as exc:
         _say(f"bot enable refused: {exc.message}")
         return 1
-    _say(f"{args.name} enabled in {args.data_dir / DATABASE_FILE} (no coordinator running)")
+    where = journal_label(args.data_dir, args.database)
+    _say(f"{args.name} enabled in {where} (no coordinator running)")
     print(json.dumps(result, indent=2))
     return 0
 

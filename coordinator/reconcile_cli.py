@@ -23,6 +23,7 @@ from coordinator.control_client import ControlPlaneError, post_to_running
 from coordinator.errors import CoordinatorError
 from coordinator.reconcile.model import render_table
 from coordinator.runtime import Coordinator
+from coordinator.store.offline import held_lease
 
 ACTOR = "cli"
 
@@ -70,14 +71,17 @@ def reconcile(args: argparse.Namespace, config: CoordinatorConfig, running: bool
 
 
 async def _in_process(args: argparse.Namespace, config: CoordinatorConfig) -> dict[str, Any]:
-    coordinator = await Coordinator.open(config, args.data_dir)
-    try:
-        await coordinator.orders_resolved()  # compare a settled journal
-        return await coordinator.reconcile(
-            args.reconcile_bot, args.reconcile_apply, ACTOR, trigger="cli"
+    async with held_lease(args.database) as fence:  # on PostgreSQL: led by this command
+        coordinator = await Coordinator.open(
+            config, args.data_dir, database=args.database, fence=fence
         )
-    finally:
-        await coordinator.close("reconcile from the command line")
+        try:
+            await coordinator.orders_resolved()  # compare a settled journal
+            return await coordinator.reconcile(
+                args.reconcile_bot, args.reconcile_apply, ACTOR, trigger="cli"
+            )
+        finally:
+            await coordinator.close("reconcile from the command line")
 
 
 def _through_control_plane(args: argparse.Namespace) -> dict[str, Any] | None:

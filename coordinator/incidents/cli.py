@@ -32,7 +32,7 @@ from coordinator.errors import CoordinatorError
 from coordinator.incidents.book import IncidentBook
 from coordinator.incidents.markdown import duration, to_markdown, verdict
 from coordinator.incidents.model import CHECKLIST_KEYS, IncidentKind, Outcome
-from coordinator.store.sqlite import SqliteStore
+from coordinator.store.offline import offline_journal
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CLI_ACTOR = "cli"
@@ -192,14 +192,10 @@ def _over_http(args: argparse.Namespace, body: dict[str, Any]) -> Any:
 
 
 async def _on_store(args: argparse.Namespace, config_dir: Path, body: dict[str, Any]) -> Any:
-    from coordinator.runtime import DATABASE_FILE
 
-    store = await SqliteStore.open(args.data_dir / DATABASE_FILE)
-    try:
+    async with offline_journal(args.data_dir, args.database) as store:
         book = IncidentBook(store, lambda: datetime.now(UTC))
         return await _apply(book, args, body, lambda: asyncio.to_thread(_config_bots, config_dir))
-    finally:
-        await store.close()
 
 
 async def _apply(

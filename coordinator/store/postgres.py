@@ -14,10 +14,9 @@ differ:
   Version 3's Python step (hash-chaining audit entries written before the chain existed) has
   nothing to do on PostgreSQL, whose journals start at the latest schema: it checks that.
 
-Not yet on PostgreSQL (SQLite only, for now): the offline CLIs that open the journal file. The
-reconciliation replay, the dashboard's series, `--verify-data` and backups have their
-PostgreSQL paths (store/reconciliation.py, dashboard/series.py, integrity/postgres.py,
-backups/postgres_dump.py).
+The reconciliation replay, the dashboard's series, `--verify-data`, backups and the offline
+commands have their PostgreSQL paths (store/reconciliation.py, dashboard/series.py,
+integrity/postgres.py, backups/postgres_dump.py, store/offline.py).
 """
 
 from __future__ import annotations
