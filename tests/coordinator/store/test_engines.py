@@ -1,13 +1,16 @@
 """The store's contract, on SQLite and on PostgreSQL alike: the journal's migrations, group
 commit, the safety lane, a failing job failing only its caller, guarded writes, reads by
-position and by name, and close."""
+position and by name, a read-only reader, the audit chain in commit order, a lost write
+connection, and close."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
 
+from coordinator.store.audit_chain import GENESIS_HASH, AuditAppend, entry_hash
 from coordinator.store.migrations import LATEST_VERSION
 from coordinator.store.sqlite import Expect, Priority, Statement, StoreClosed, StoreError
 from tests.support_postgres import OpenAnyStore
@@ -139,3 +142,73 @@ async def test_ping_measures_a_round_trip(open_any_store: OpenAnyStore) -> None:
     store = await open_any_store()
 
     assert 0 <= await store.ping() < 5
+
+
+async def test_the_read_connection_cannot_write(open_any_store: OpenAnyStore) -> None:
+    store = await open_any_store()
+    with pytest.raises((sqlite3.Error, StoreError), match=r"(?i)read-?only"):
+        await store.fetch_all(
+            "INSERT INTO bots (name, exchange, symbol, mode, updated_at)"
+            " VALUES ('sneaky', 'paper', 'BTC/CAD', 'paper', 't') RETURNING name"
+        )
+    assert await bots(store) == []
+
+
+async def test_a_constraint_violation_rolls_back_the_whole_job(
+    open_any_store: OpenAnyStore,
+) -> None:
+    store = await open_any_store()
+    await store.write([bot("taken")])
+    with pytest.raises(StoreError, match=r"(?i)unique"):
+        await store.write([bot("new"), bot("taken")])
+    assert await bots(store) == ["taken"]
+    await store.write([bot("after")])  # the store still works afterwards
+    assert await bots(store) == ["after", "taken"]
+
+
+async def test_an_empty_write_is_a_no_op_and_close_is_idempotent(
+    open_any_store: OpenAnyStore,
+) -> None:
+    store = await open_any_store()
+    jobs_before = store.stats.jobs
+    await store.write([])
+    assert store.stats.jobs == jobs_before
+    await store.write([bot("x")])
+    await store.close()
+    await store.close()
+
+
+async def test_audit_entries_written_together_chain_in_commit_order(
+    open_any_store: OpenAnyStore,
+) -> None:
+    store = await open_any_store()
+    entries = [AuditAppend("t", "test", f"action-{i}", None, None, "ok", "{}") for i in range(5)]
+
+    await asyncio.gather(*(store.write([entry], Priority.SAFETY) for entry in entries))
+
+    rows = await store.fetch_all(
+        "SELECT id, at, actor, action, subject, reason, result, details, prev_hash, hash"
+        " FROM audit_events ORDER BY id"
+    )
+    assert sorted(row["action"] for row in rows) == [f"action-{i}" for i in range(5)]
+    prev = GENESIS_HASH
+    for row in rows:
+        assert row["prev_hash"] == prev
+        assert row["hash"] == entry_hash(prev, tuple(row)[:8])
+        prev = row["hash"]
+    head = await store.fetch_one("SELECT last_id, last_hash FROM audit_chain_head WHERE id = 1")
+    assert head is not None
+    assert (head[0], head[1]) == (rows[-1]["id"], prev)
+
+
+async def test_once_the_write_connection_is_gone_every_write_fails_with_an_error(
+    open_any_store: OpenAnyStore,
+) -> None:
+    store = await open_any_store()
+    await store._writer.run(lambda conn: conn.close())  # the disk or the server went away
+
+    with pytest.raises(StoreError):
+        await asyncio.wait_for(store.write([bot("lost")]), timeout=5)
+    with pytest.raises(StoreError, match="writer failed earlier"):
+        await asyncio.wait_for(store.write([bot("lost-too")]), timeout=5)
+    assert store.broken is not None
