@@ -329,31 +329,19 @@ def _check_and_apply(
     if saved is not None and not args.config_only:  # staged beside the live one: one rename
         args.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         database_to = args.data_dir / STAGED_DATABASE
-    try:
+
+    def prepare() -> RestorePlan:
         with scratch_dir() as scratch:
-            plan = prepare_restore(
+            return prepare_restore(
                 archive, config_dir, args.data_dir, args.config_only, scratch, database_to
             )
-    except ArchiveError as exc:
-        return _refused_archive(args, archive, exc)
-    except RestoreRefused as exc:
-        _say(f"restore refused; nothing was changed: {exc}")
-        return 1
-    except ScratchWriteError as exc:
-        _say(f"restore failed; nothing was changed: {exc}")
-        return 1
+
+    plan = _prepare(args, archive, prepare)
+    if isinstance(plan, int):
+        return plan
     try:
-        refusal = _refusal(args, plan, running)
-        if args.dry_run:
-            print(describe_plan(plan))
-            if refusal is not None:
-                _say(f"a restore now would be refused: {refusal}")
-                return 1
-            _say("dry run: nothing was changed; run it again without --dry-run to restore")
-            return 0
-        if refusal is not None:
-            _say(f"restore refused; nothing was changed: {refusal}")
-            return 1
+        if (ended := _dry_run_or_refusal(args, plan, _refusal(args, plan, running))) is not None:
+            return ended
         assert saved is not None
         return _apply(args, plan, running, saved)
     finally:
@@ -370,31 +358,16 @@ def _restore_postgres(
     saved = None
     try:
         with scratch_dir() as scratch:
-            try:
-                plan = prepare_restore(
-                    archive, config_dir, args.data_dir, False, scratch, postgres=postgres
-                )
-            except ArchiveError as exc:
-                return _refused_archive(args, archive, exc)
-            except RestoreRefused as exc:
-                _say(f"restore refused; nothing was changed: {exc}")
-                return 1
-            except ScratchWriteError as exc:
-                _say(f"restore failed; nothing was changed: {exc}")
-                return 1
+            plan = _prepare(args, archive, lambda: prepare_restore(
+                archive, config_dir, args.data_dir, False, scratch, postgres=postgres
+            ))  # fmt: skip
+            if isinstance(plan, int):
+                return plan
             refusal = postgres_refusal(postgres) if plan.restores_database else None
             if refusal is None and running:
                 refusal = _database_under(args)
-            if args.dry_run:
-                print(describe_plan(plan))
-                if refusal is not None:
-                    _say(f"a restore now would be refused: {refusal}")
-                    return 1
-                _say("dry run: nothing was changed; run it again without --dry-run to restore")
-                return 0
-            if refusal is not None:
-                _say(f"restore refused; nothing was changed: {refusal}")
-                return 1
+            if (ended := _dry_run_or_refusal(args, plan, refusal)) is not None:
+                return ended
             saved = unique_dir_name(args.backup_dir, PRE_RESTORE_PREFIX, datetime.now(UTC))
             try:
                 saved.mkdir(mode=0o700)
@@ -402,10 +375,46 @@ def _restore_postgres(
                 _say(_unwritable_backup_dir(args.backup_dir, exc))
                 return 1
             return _apply(args, plan, False, saved, postgres)
+    except ScratchWriteError as exc:  # no scratch dir in $TMPDIR
+        _say(f"restore failed; nothing was changed: {exc}")
+        return 1
     finally:
         if saved is not None:
             with contextlib.suppress(OSError):
                 saved.rmdir()  # only when empty: nothing to do
+
+
+def _prepare(
+    args: argparse.Namespace, archive: Path, prepare: Callable[[], RestorePlan]
+) -> RestorePlan | int:
+    """The checked plan, or an exit code after saying why the archive cannot be restored."""
+    try:
+        return prepare()
+    except ArchiveError as exc:
+        return _refused_archive(args, archive, exc)
+    except RestoreRefused as exc:
+        _say(f"restore refused; nothing was changed: {exc}")
+        return 1
+    except ScratchWriteError as exc:
+        _say(f"restore failed; nothing was changed: {exc}")
+        return 1
+
+
+def _dry_run_or_refusal(
+    args: argparse.Namespace, plan: RestorePlan, refusal: str | None
+) -> int | None:
+    """A dry run's exit code (the plan printed), or a refusal's; None: go on and restore."""
+    if args.dry_run:
+        print(describe_plan(plan))
+        if refusal is not None:
+            _say(f"a restore now would be refused: {refusal}")
+            return 1
+        _say("dry run: nothing was changed; run it again without --dry-run to restore")
+        return 0
+    if refusal is not None:
+        _say(f"restore refused; nothing was changed: {refusal}")
+        return 1
+    return None
 
 
 def _refused_archive(args: argparse.Namespace, archive: Path, exc: ArchiveError) -> int:

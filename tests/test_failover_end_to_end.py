@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,21 @@ class Node(CoordinatorProcess):
             return None
         role: dict[str, Any] = document["coordinator"]["role"]
         return role
+
+
+def assert_nothing_traded_since(dsn: str, took_over_at: datetime) -> None:
+    """No order or fill after the takeover (node-b's bots stay stopped, so any would be the
+    old leader's), every order once, the audit chain unbroken."""
+    since = took_over_at.isoformat(timespec="microseconds")
+    with psycopg.connect(dsn) as db:
+        late = db.execute(
+            "SELECT (SELECT COUNT(*) FROM orders WHERE created_at > %s),"
+            " (SELECT COUNT(*) FROM fills WHERE recorded_at > %s)",
+            (since, since),
+        ).fetchone()
+        assert late == (0, 0)
+        orders_once(db)
+        assert_audit_chain_unbroken(db)
 
 
 @pytest.fixture
@@ -135,19 +151,9 @@ def test_a_leader_paused_past_its_lease_is_fenced_and_writes_nothing(
     assert a.proc.wait(timeout=15) == 3  # it finds out, stops its bots and ends
     output = a.text()
     assert "stops leading" in output
-    since = took_over_at.isoformat(timespec="microseconds")
-    with psycopg.connect(dsn) as db:
-        # node-b's bots stay stopped (--on-takeover stopped): any order or fill from after the
-        # takeover would be node-a's, written under a lease it no longer held.
-        late = db.execute(
-            "SELECT (SELECT COUNT(*) FROM orders WHERE created_at > %s),"
-            " (SELECT COUNT(*) FROM fills WHERE recorded_at > %s)",
-            (since, since),
-        ).fetchone()
-        assert late == (0, 0)
-        assert_audit_chain_unbroken(db)
     assert b.bots()["ndax"]["state"] == "stopped"
-    assert b.interrupt(within=10) == 0
+    assert b.interrupt(within=10) == 0  # before reading the journal: it writes audit entries
+    assert_nothing_traded_since(dsn, took_over_at)
 
 
 def test_the_kill_switch_activated_on_a_standby_stops_the_leaders_bots(
@@ -216,13 +222,4 @@ def test_a_leader_cut_off_from_the_database_stops_trading_and_the_standby_takes_
         assert b.interrupt(within=10) == 0
     finally:
         proxy.stop()
-    since = took_over_at.isoformat(timespec="microseconds")
-    with psycopg.connect(dsn) as db:
-        late = db.execute(
-            "SELECT (SELECT COUNT(*) FROM orders WHERE created_at > %s),"
-            " (SELECT COUNT(*) FROM fills WHERE recorded_at > %s)",
-            (since, since),
-        ).fetchone()
-        assert late == (0, 0)
-        orders_once(db)
-        assert_audit_chain_unbroken(db)
+    assert_nothing_traded_since(dsn, took_over_at)

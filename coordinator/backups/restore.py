@@ -56,7 +56,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from coordinator.backups.archive import ArchiveContents, ScratchWriteError, read_archive
 from coordinator.backups.database import DatabaseBackupError, check_database
@@ -540,15 +540,7 @@ def _apply_with_postgres(
     try:
         _keep(plan, files, None, saved, at, postgres)
         _stage(plan, files, None, at)
-        state = KillSwitchState(
-            active=True,
-            reason=kill_switch_reason(plan),
-            by="restore",
-            at=at,
-            trigger=RESTORE_TRIGGER,
-            cooldown_until=None,
-            last_lifted=None,  # the restored row's, kept by the restore's own SQL
-        )
+        state = restored_kill_switch(plan, at, None)  # last_lifted: kept by the restore's SQL
         restore_database(postgres, dump, STATE_KEY, state.to_json(), iso(at), LATEST_VERSION)
     except BaseException as exc:
         _discard_staged(files, None)
@@ -667,6 +659,21 @@ def _same_mode_and_owner(path: Path, like: os.stat_result | None) -> None:
         os.chown(path, like.st_uid, like.st_gid)
 
 
+def restored_kill_switch(
+    plan: RestorePlan, at: datetime, last_lifted: dict[str, Any] | None
+) -> KillSwitchState:
+    """The kill switch a restored journal has: ACTIVE, saying why (either engine)."""
+    return KillSwitchState(
+        active=True,
+        reason=kill_switch_reason(plan),
+        by="restore",
+        at=at,
+        trigger=RESTORE_TRIGGER,
+        cooldown_until=None,
+        last_lifted=last_lifted,
+    )
+
+
 def _activate_kill_switch(database: Path, plan: RestorePlan, at: datetime) -> None:
     """The kill switch ACTIVE in the staged journal (the row `KillSwitch.load` reads; no row in
     kill_switch_activations, so it does not count toward the activation limit)."""
@@ -676,14 +683,8 @@ def _activate_kill_switch(database: Path, plan: RestorePlan, at: datetime) -> No
         if row is not None:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 last_lifted = json.loads(row[0]).get("last_lifted")
-        state = KillSwitchState(
-            active=True,
-            reason=kill_switch_reason(plan),
-            by="restore",
-            at=at,
-            trigger=RESTORE_TRIGGER,
-            cooldown_until=None,
-            last_lifted=last_lifted if isinstance(last_lifted, dict) else None,
+        state = restored_kill_switch(
+            plan, at, last_lifted if isinstance(last_lifted, dict) else None
         )
         value = json.dumps(state.to_json(), default=str, sort_keys=True)
         with conn:

@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 import pytest
 
 from coordinator.store import sqlite as store_module
-from coordinator.store.audit_chain import GENESIS_HASH, AuditAppend, entry_hash
 from coordinator.store.sqlite import (
     Expect,
     Priority,
@@ -168,26 +167,6 @@ async def test_a_stale_expectation_rolls_back_its_job(store: SqliteStore) -> Non
 
     await store.write([fresh, insert("with-fresh")])
     assert await tags(store) == ["renamed", "with-fresh"]
-
-
-async def test_audit_entries_in_one_batch_chain_in_commit_order(store: SqliteStore) -> None:
-    entries = [AuditAppend("t", "test", f"action-{i}", None, None, "ok", "{}") for i in range(5)]
-
-    await asyncio.gather(*(store.write([entry], Priority.SAFETY) for entry in entries))
-
-    rows = await store.fetch_all(
-        "SELECT id, at, actor, action, subject, reason, result, details, prev_hash, hash"
-        " FROM audit_events ORDER BY id"
-    )
-    assert [row["action"] for row in rows] == [f"action-{i}" for i in range(5)]
-    prev = GENESIS_HASH
-    for row in rows:
-        assert row["prev_hash"] == prev
-        assert row["hash"] == entry_hash(prev, tuple(row)[:8])
-        prev = row["hash"]
-    head = await store.fetch_one("SELECT last_id, last_hash FROM audit_chain_head WHERE id = 1")
-    assert head is not None
-    assert (head[0], head[1]) == (rows[-1]["id"], prev)
 
 
 async def test_a_connection_lost_mid_batch_breaks_the_writer_but_keeps_what_committed(
