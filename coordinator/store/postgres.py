@@ -25,7 +25,6 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -128,15 +127,7 @@ def migrate(dsn: str) -> int:
 
 async def _connection_thread(dsn: str, name: str, read_only: bool) -> _WriterThread:
     """A connection and the one thread that uses it (the writer's kind of thread)."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-    try:
-        conn = await asyncio.get_running_loop().run_in_executor(
-            executor, lambda: PgConnection.connect(dsn, read_only=read_only)
-        )
-    except BaseException:
-        executor.shutdown(wait=False)
-        raise
-    return _WriterThread(executor, conn)  # type: ignore[arg-type]
+    return await _WriterThread.open_with(lambda: PgConnection.connect(dsn, read_only), name)
 
 
 class PostgresStore(SqliteStore):

@@ -128,9 +128,15 @@ class _WriterThread:
 
     @classmethod
     async def open(cls, path: Path) -> _WriterThread:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        return await cls.open_with(lambda: _connect_writer(path), "store-writer")
+
+    @classmethod
+    async def open_with(cls, connect: Callable[[], Any], name: str) -> _WriterThread:
+        """A thread named `name` and the connection `connect()` makes in it (PostgreSQL's
+        store opens its connections so too)."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         try:
-            conn = await asyncio.get_running_loop().run_in_executor(executor, _connect_writer, path)
+            conn = await asyncio.get_running_loop().run_in_executor(executor, connect)
         except BaseException:
             executor.shutdown(wait=False)
             raise
