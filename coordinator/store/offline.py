@@ -40,9 +40,16 @@ async def held_lease(database: str | None) -> AsyncIterator[TransactionFence | N
     if database is None:
         yield None
         return
+    import psycopg
+
     from coordinator.leadership import Leadership
 
-    leadership = await Leadership.open(database, f"cli:{socket.gethostname()}:{os.getpid()}")
+    try:
+        leadership = await Leadership.open(
+            database, f"cli:{socket.gethostname()}:{os.getpid()}"
+        )
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot open the journal at {redact_dsn(database)}: {exc}") from exc
     try:
         if await leadership.try_acquire() is None:
             view = await leadership.view()

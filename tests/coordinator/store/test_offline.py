@@ -107,3 +107,16 @@ def test_an_offline_reconciliation_runs_on_the_journal_under_the_lease(
     assert run == (1,)  # recorded in the journal on PostgreSQL
     lease = one(dsn, "SELECT term, expires_at < clock_timestamp() FROM leader_lease")
     assert lease == (1, True)
+
+
+def test_a_database_that_does_not_answer_is_named_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unreachable = "postgresql://nobody@127.0.0.1:1/journal"  # nothing listens on port 1
+
+    assert cli(tmp_path, unreachable, "kill-switch", "activate", "--reason", "x") == 1
+    assert cli(tmp_path, unreachable, "reconcile") == 1
+
+    err = capsys.readouterr().err
+    assert err.count("cannot open the journal at postgresql://nobody@127.0.0.1:1/journal") == 2
+    assert "Traceback" not in err
