@@ -278,6 +278,18 @@ def _restore(args: argparse.Namespace, lock_data_dir: LockDataDir) -> int:
             held.close()
 
 
+def _pre_restore_dir(args: argparse.Namespace) -> Path | int:
+    """A new, empty pre-restore folder for what the restore replaces; or an exit code after
+    saying the backup dir cannot take it."""
+    saved = unique_dir_name(args.backup_dir, PRE_RESTORE_PREFIX, datetime.now(UTC))
+    try:
+        saved.mkdir(mode=0o700)
+    except OSError as exc:
+        _say(_unwritable_backup_dir(args.backup_dir, exc))
+        return 1
+    return saved
+
+
 def _unwritable_backup_dir(backup_dir: Path, exc: OSError) -> str:
     return (
         f"restore refused; nothing was changed: cannot write to the backup directory "
@@ -307,12 +319,10 @@ def _restore_locked(args: argparse.Namespace, archive: Path, running: bool) -> i
                 f"{PRE_RESTORE_PREFIX}* folder in {args.backup_dir}), then move them away"
             )
             return 1
-        saved = unique_dir_name(args.backup_dir, PRE_RESTORE_PREFIX, datetime.now(UTC))
-        try:
-            saved.mkdir(mode=0o700)
-        except OSError as exc:
-            _say(_unwritable_backup_dir(args.backup_dir, exc))
-            return 1
+        made = _pre_restore_dir(args)
+        if isinstance(made, int):
+            return made
+        saved = made
     try:
         return _check_and_apply(args, archive, running, saved)
     finally:
@@ -368,12 +378,10 @@ def _restore_postgres(
                 refusal = _database_under(args)
             if (ended := _dry_run_or_refusal(args, plan, refusal)) is not None:
                 return ended
-            saved = unique_dir_name(args.backup_dir, PRE_RESTORE_PREFIX, datetime.now(UTC))
-            try:
-                saved.mkdir(mode=0o700)
-            except OSError as exc:
-                _say(_unwritable_backup_dir(args.backup_dir, exc))
-                return 1
+            made = _pre_restore_dir(args)
+            if isinstance(made, int):
+                return made
+            saved = made
             return _apply(args, plan, False, saved, postgres)
     except ScratchWriteError as exc:  # no scratch dir in $TMPDIR
         _say(f"restore failed; nothing was changed: {exc}")

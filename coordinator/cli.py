@@ -25,7 +25,7 @@ from typing import IO
 from coordinator import __version__
 from coordinator.accounts import MissingCredentials
 from coordinator.api.auth import TokenError, load_or_create_admin_token, load_or_create_token
-from coordinator.arguments import port_number
+from coordinator.arguments import lease_seconds, port_number
 from coordinator.backup_cli import (
     BACKUP_COMMANDS,
     add_backup_commands,
@@ -366,19 +366,6 @@ def _run(args: argparse.Namespace, config_dir: Path, config: CoordinatorConfig) 
     finally:
         lock.close()
     return EXIT_OK
-
-
-def lease_seconds(text: str) -> float:
-    """--lease-seconds: a number of seconds from 1 to 300 (a shorter lease could lapse between
-    two renewals on a loaded machine; a longer one keeps trading stopped that long after a
-    leader dies)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not 1 <= value <= 300:
-        raise argparse.ArgumentTypeError(f"must be from 1 to 300 seconds, got {text}")
-    return value
 
 
 def _config_dir(given: Path | None) -> Path:
