@@ -3,6 +3,7 @@ arithmetic, persistence and fail-safe loading."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -11,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from bots.book import BotBook
+from bots.exchanges.paper import PaperExchange
+from bots.gateway import BotIdentity, OrderGateway
+from bots.ids import ClientOrderIds
 from bots.journal import JournalOrder, OrderStatus
 from bots.ledger import Position
-from bots.models import OrderIntent, OrderType, Side
+from bots.models import MarketSnapshot, OrderIntent, OrderRequest, OrderSnapshot, OrderType, Side
 from coordinator.errors import Conflict, NotFound
 from coordinator.safety.scopes import (
     GLOBAL_SCOPE,
@@ -222,3 +226,63 @@ def test_a_scope_naming_what_no_bot_trades_on_is_not_found() -> None:
     with pytest.raises(NotFound, match=r"scope\.bot: no bot named 'x'"):
         board.scope(bot="x")
     assert board.scope() is GLOBAL_SCOPE
+
+
+# -- the race with an order on its way out -------------------------------------------------------
+
+
+class HeldIntents(SqliteJournal):
+    """The real journal, with each intent's commit held until the test lets it go."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        super().__init__(store)
+        self.writing = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def record_intent(self, order: JournalOrder) -> None:
+        self.writing.set()
+        await self.release.wait()
+        await super().record_intent(order)
+
+
+class CountingPaper(PaperExchange):
+    def __init__(self) -> None:
+        super().__init__("kraken", SYMBOL, {"AUD": D(10**6)}, fee_rate=D(0), slippage_bps=D(0))
+        self.sent: list[OrderRequest] = []
+
+    async def create_order(self, request: OrderRequest) -> OrderSnapshot:
+        self.sent.append(request)
+        return await super().create_order(request)
+
+
+async def test_a_buy_being_journaled_when_reduce_only_is_set_is_refused_and_never_sent(
+    tmp_path: Path,
+) -> None:
+    store = await SqliteStore.open(tmp_path / "race.db")
+    try:
+        journal = HeldIntents(store)
+        await journal.register_bot("grid-a", "kraken", SYMBOL, "paper", START)
+        board = switches(journal, FakeClock())
+        exchange = CountingPaper()
+        await exchange.on_market(MarketSnapshot(SYMBOL, D(100), D("99.9"), D("100.1"), START))
+        gateway = OrderGateway(
+            BotIdentity("grid-a", "kraken", SYMBOL, "BTC", "AUD"),
+            exchange, journal, ClientOrderIds(), long("1"), [ScopeGate(board, "grid-a")],
+        )  # fmt: skip
+
+        # The tick decided to buy while trading was active: the first gate check passed and
+        # the intent is on its way to the journal when the operator asks for reduce-only.
+        submit = asyncio.create_task(gateway.submit(intent(Side.BUY, "0.5")))
+        await journal.writing.wait()
+        await board.set(Scope("bot", "grid-a"), TradingState.REDUCING, "unwind", "op", "manual")
+        journal.release.set()
+        result = await submit
+
+        assert exchange.sent == []
+        assert (result.outcome, result.code) == ("refused", "reduce_only")
+        assert result.client_order_id is not None  # journaled, then stopped before the send
+        rows = await store.fetch_all("SELECT status, reason FROM orders")
+        assert [row["status"] for row in rows] == ["failed"]
+        assert "not sent" in rows[0]["reason"] and "grow the position" in rows[0]["reason"]
+    finally:
+        await store.close()
