@@ -283,6 +283,7 @@ async def test_a_buy_being_journaled_when_reduce_only_is_set_is_refused_and_neve
         assert result.client_order_id is not None  # journaled, then stopped before the send
         rows = await store.fetch_all("SELECT status, reason FROM orders")
         assert [row["status"] for row in rows] == ["failed"]
-        assert "not sent" in rows[0]["reason"] and "grow the position" in rows[0]["reason"]
+        assert "not sent" in rows[0]["reason"]
+        assert "grow the position" in rows[0]["reason"]
     finally:
         await store.close()
