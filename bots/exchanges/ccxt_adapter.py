@@ -25,11 +25,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import ccxt
-import ccxt.async_support as ccxt_async
 
 from bots.errors import (
     ExchangeError,
@@ -40,6 +37,7 @@ from bots.errors import (
 )
 from bots.exchanges import ccxt_orders as parse
 from bots.exchanges.ccxt_errors import translate_ccxt_error
+from bots.exchanges.ccxt_import import ccxt_async_support, ccxt_base_error, ccxt_module
 from bots.exchanges.ccxt_orders import TERMINAL, VenueStatus
 from bots.feeds.ccxt_public import CcxtPublicFeed
 from bots.models import (
@@ -64,6 +62,9 @@ __all__ = [
     "install_response_guard",
     "make_private_exchange",
 ]
+
+if TYPE_CHECKING:
+    import ccxt
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ def make_private_exchange(
     `rate_limit_ms` replaces ccxt's pacing of the venue (a drill's local fake only).
     The caller owns the instance and must `await exchange.close()` it.
     """
+    ccxt_async = ccxt_async_support()
     exchange_class = getattr(ccxt_async, exchange_id, None)
     if exchange_id not in ccxt_async.exchanges or exchange_class is None:
         raise ValueError(f"unknown ccxt exchange id: {exchange_id!r}")
@@ -159,7 +161,7 @@ def _replace_api_url(client: Any, base_url: str) -> None:
 def required_credentials(exchange_id: str) -> tuple[str, ...]:
     """The credential fields ccxt needs for `exchange_id` (kraken: apiKey, secret; ndax also
     uid, login and password)."""
-    exchange_class = getattr(ccxt_async, exchange_id, None)
+    exchange_class = getattr(ccxt_async_support(), exchange_id, None)
     if exchange_class is None:
         return ("apiKey", "secret")
     required = exchange_class().requiredCredentials
@@ -212,7 +214,9 @@ def install_response_guard(client: Any) -> None:
         if response is None:
             client.handle_http_status_code(code, reason, url, method, body or "")
             excerpt = (body or "")[:80]
-            raise ccxt.BadResponse(f"{client.id} {method} {url} {code}: not JSON: {excerpt!r}")
+            raise ccxt_module().BadResponse(
+                f"{client.id} {method} {url} {code}: not JSON: {excerpt!r}"
+            )
         return result
 
     client.handle_errors = handle_errors
@@ -454,7 +458,7 @@ class CcxtExchange:
         try:
             with decimal.localcontext():  # ccxt's rounding rewrites the caller's decimal context
                 return await method(*args, **kw)
-        except ccxt.BaseError as exc:
+        except ccxt_base_error() as exc:
             raise self._translate(exc) from exc
         except _PARSE_ERRORS as exc:
             name = getattr(method, "__name__", "a call")
@@ -504,7 +508,7 @@ class CcxtExchange:
                     if limit
                     else None
                 )
-        except ccxt.BaseError as exc:
+        except ccxt_base_error() as exc:
             raise self._translate(exc) from exc
         if Decimal(amount) <= 0:
             raise OrderRejected(f"amount {request.amount} rounds to zero", "invalid_order")

@@ -18,8 +18,6 @@ Callers raise the result `from` the ccxt exception so the original stays in the 
 
 from __future__ import annotations
 
-import ccxt
-
 from bots.errors import (
     ExchangeError,
     OperatorActionRequired,
@@ -28,10 +26,13 @@ from bots.errors import (
     RequestRefused,
     TransientExchangeError,
 )
+from bots.exchanges.ccxt_import import ccxt_module
 
 
 def translate_ccxt_error(exc: BaseException, exchange_id: str) -> ExchangeError:
     """Return our error for a ccxt exception; the message names the exchange and ccxt's class."""
+    ccxt = ccxt_module()  # loaded already: `exc` came from it
+
     message = f"{exchange_id}: {type(exc).__name__}: {exc}"
     if isinstance(exc, ccxt.DDoSProtection | ccxt.RateLimitExceeded | ccxt.OnMaintenance):
         return RequestRefused(message)  # refused before processing: safe to send again

@@ -12,11 +12,9 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import ccxt
-import ccxt.async_support as ccxt_async
-
 from bots.errors import TransientExchangeError
 from bots.exchanges.ccxt_errors import translate_ccxt_error
+from bots.exchanges.ccxt_import import ccxt_async_support, ccxt_base_error
 from bots.models import MarketSnapshot
 
 
@@ -33,6 +31,7 @@ def make_public_exchange(
     request, which blocks the loop for about 18 ms. The caller owns the instance and must
     `await exchange.close()` it.
     """
+    ccxt_async = ccxt_async_support()
     exchange_class = getattr(ccxt_async, exchange_id, None)
     if exchange_id not in ccxt_async.exchanges or exchange_class is None:
         raise ValueError(f"unknown ccxt exchange id: {exchange_id!r}")
@@ -64,7 +63,7 @@ class CcxtPublicFeed:
     async def snapshot(self) -> MarketSnapshot:
         try:
             ticker = await self.exchange.fetch_ticker(self.symbol)
-        except ccxt.BaseError as exc:
+        except ccxt_base_error() as exc:
             raise translate_ccxt_error(exc, self._exchange_id) from exc
         if not isinstance(ticker, Mapping):
             raise self._malformed(f"expected a ticker mapping, got {type(ticker).__name__}")
