@@ -61,3 +61,14 @@ class ReconcilableExchange(Protocol):
     ) -> list[AccountTrade]: ...
 
     async def fetch_positions(self) -> list[MarginPosition]: ...
+
+
+@runtime_checkable
+class VenueIdLookup(Protocol):
+    """Reading an order by the venue's own id, with the client order id it carries (0: none of
+    ours). Reconciliation asks this about a trade whose order the journal does not know, when
+    the venue's trade history does not say the client order id (kraken's does not)."""
+
+    async def fetch_order_by_exchange_id(
+        self, exchange_order_id: str, symbol: str
+    ) -> OrderSnapshot: ...

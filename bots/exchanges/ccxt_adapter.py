@@ -289,6 +289,19 @@ class CcxtExchange:
             exchange_order_id = await self._find(client_order_id, symbol)
         return await self._fetch_by_id(client_order_id, exchange_order_id, symbol)
 
+    async def fetch_order_by_exchange_id(
+        self, exchange_order_id: str, symbol: str
+    ) -> OrderSnapshot:
+        """An order asked for by the venue's id, with its trades when it is ours (its client
+        order id is 0, and its trades are not read, when it is not)."""
+        raw = await self._call(self.client.fetch_order, exchange_order_id, symbol)
+        client_order_id = self._owner_of(raw)
+        if not client_order_id:
+            return parse.parse_order(raw, venue=self.venue, client_order_id=0, symbol=symbol)
+        snapshot = await self._complete(raw, client_order_id, symbol, asked_for=exchange_order_id)
+        self._remember(client_order_id, snapshot.exchange_order_id)
+        return snapshot
+
     async def cancel_order(self, client_order_id: int, symbol: str) -> OrderSnapshot:
         exchange_order_id = self._exchange_ids.get(client_order_id)
         if exchange_order_id is None:

@@ -224,6 +224,9 @@ INSERT INTO safety_state (key, value, updated_at)
     value = jsonb_set(excluded.value::jsonb, '{last_lifted}',
                       COALESCE(safety_state.value::jsonb -> 'last_lifted', 'null'))::text,
     updated_at = excluded.updated_at;
+INSERT INTO safety_state (key, value, updated_at)
+  VALUES (:'restored_key', :'restored', :'at')
+  ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at;
 SET LOCAL bot_coordinator.latest_schema = :'latest';
 DO $$ BEGIN
   IF (SELECT MAX(version) FROM schema_migrations)
@@ -250,10 +253,12 @@ def restore_database(
     kill_switch: dict[str, object],
     at: str,
     latest: int,
+    restored: tuple[str, dict[str, object]],
 ) -> None:
     """Replace the journal at `database` by the one in `dump`, all or nothing, with the kill
-    switch `kill_switch` (its JSON) ACTIVE. The caller has refused the restore while
-    coordinators are connected and has kept the pre-restore dump."""
+    switch `kill_switch` (its JSON) ACTIVE and the restore's mark `restored` (its key and JSON)
+    beside it. The caller has refused the restore while coordinators are connected and has
+    kept the pre-restore dump."""
     from coordinator.store.lease import CREATE_LEASE_TABLE
 
     with tempfile.TemporaryDirectory(prefix="bot-coordinator-pg-restore-") as scratch:
@@ -269,11 +274,13 @@ def restore_database(
         guard.write_text(f"{CREATE_LEASE_TABLE.strip()};\n{_GUARD_SQL}")
         after.write_text(_AFTER_SQL)
         value = json.dumps(kill_switch, default=str, sort_keys=True).replace("\x00", "")
+        mark = json.dumps(restored[1], default=str, sort_keys=True).replace("\x00", "")
         conninfo, env = _connection(database.dsn)
         _run(
             [pg_tool("psql"), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
              f"--set=state_key={state_key}", f"--set=kill_switch={value}", f"--set=at={at}",
-             f"--set=latest={int(latest)}", "--single-transaction", f"--dbname={conninfo}",
+             f"--set=latest={int(latest)}", f"--set=restored_key={restored[0]}",
+             f"--set=restored={mark}", "--single-transaction", f"--dbname={conninfo}",
              f"--file={guard}", f"--file={script}", f"--file={after}"],
             env,
             f"restoring {database.label} (rolled back: the journal is as it was)",

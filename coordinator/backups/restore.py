@@ -83,6 +83,7 @@ from coordinator.config import CONFIG_FILES, ConfigError, embedded_config_dir, l
 from coordinator.safety.kill_switch import STATE_KEY, KillSwitchState
 from coordinator.store.journal import iso
 from coordinator.store.migrations import LATEST_VERSION
+from coordinator.store.restored import RESTORED_KEY, RestoredJournal
 
 DATABASE_FILE: Final = "coordinator.db"
 DATABASE_COMPANIONS: Final = ("-wal", "-shm")
@@ -541,14 +542,16 @@ def _apply_with_postgres(
         _keep(plan, files, None, saved, at, postgres)
         _stage(plan, files, None, at)
         state = restored_kill_switch(plan, at, None)  # last_lifted: kept by the restore's SQL
-        restore_database(postgres, dump, STATE_KEY, state.to_json(), iso(at), LATEST_VERSION)
+        restore_database(
+            postgres, dump, STATE_KEY, state.to_json(), iso(at), LATEST_VERSION,
+            restored=(RESTORED_KEY, restored_mark(plan, at).to_json()),
+        )  # fmt: skip
     except BaseException as exc:
         _discard_staged(files, None)
         remove_tree(saved)
         if isinstance(exc, (OSError, PostgresBackupError)):
             raise RestoreFailed(
-                f"restore failed before anything was replaced: {_reason(exc)}; nothing was "
-                "changed",
+                f"restore failed before anything was replaced: {_reason(exc)}; nothing was changed",
                 [*((f.target, UNCHANGED) for f in files), (postgres.label, UNCHANGED)],
                 None,
             ) from exc
@@ -674,6 +677,12 @@ def restored_kill_switch(
     )
 
 
+def restored_mark(plan: RestorePlan, at: datetime) -> RestoredJournal:
+    """What the restored journal records of its restore (either engine): reconciliation
+    adopts the orders placed between the backup and `at` by it (coordinator/store/restored.py)."""
+    return RestoredJournal(plan.backup_name, plan.manifest.created_at, at)
+
+
 def _activate_kill_switch(database: Path, plan: RestorePlan, at: datetime) -> None:
     """The kill switch ACTIVE in the staged journal (the row `KillSwitch.load` reads; no row in
     kill_switch_activations, so it does not count toward the activation limit)."""
@@ -687,13 +696,15 @@ def _activate_kill_switch(database: Path, plan: RestorePlan, at: datetime) -> No
             plan, at, last_lifted if isinstance(last_lifted, dict) else None
         )
         value = json.dumps(state.to_json(), default=str, sort_keys=True)
+        mark = json.dumps(restored_mark(plan, at).to_json(), sort_keys=True)
         with conn:
-            conn.execute(
-                "INSERT INTO safety_state (key, value, updated_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
-                " updated_at = excluded.updated_at",
-                (STATE_KEY, value, iso(at)),
-            )
+            for key, stored in ((STATE_KEY, value), (RESTORED_KEY, mark)):
+                conn.execute(
+                    "INSERT INTO safety_state (key, value, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+                    " updated_at = excluded.updated_at",
+                    (key, stored, iso(at)),
+                )
     fd = os.open(database, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+from bots.ids import issued_at
 from bots.journal import JournalOrder, OrderStatus
 from bots.ledger import apply_changes, balance_changes
 from bots.models import (
@@ -25,6 +26,7 @@ from bots.models import (
 )
 from coordinator.reconcile.model import Difference, Kind
 from coordinator.store.reconciliation import JournalView
+from coordinator.store.restored import RestoredJournal
 
 ZERO = Decimal(0)
 
@@ -40,6 +42,11 @@ class BotContext:
     account_bots: tuple[str, ...]  # every bot on that account, this one included
     history_since: datetime | None  # trades before this are unknown to the venue
     running: bool = False  # a bot on the account trades: a fill can land between the reads
+    # The journal's restore, if it came from a backup: the orders placed in between are ours.
+    restored: RestoredJournal | None = None
+    # The bots on the account that trade this bot's symbol, this one included: an order lost
+    # from the journal is this bot's only when no other bot could have placed it.
+    symbol_bots: tuple[str, ...] = ()
 
     @property
     def shared_account(self) -> bool:
@@ -59,6 +66,10 @@ class ExchangeView:
     # The exchange's word on journal orders that are not in its open list: a snapshot, or
     # None when it does not know the order. Orders it could not be asked about are left out.
     lookups: dict[int, OrderSnapshot | None] = field(default_factory=dict)
+    # The same for orders lost from a restored journal that show only as trades.
+    lost_lookups: dict[int, OrderSnapshot | None] = field(default_factory=dict)
+    # Exchange order id -> our client order id, for those orders (kraken's trades lack it).
+    lost_owners: dict[str, int] = field(default_factory=dict)
 
 
 def compare(
@@ -77,7 +88,11 @@ def compare(
     trade_diffs, exchange_keys = _trades(ctx, journal, exchange, owners)
     differences += trade_diffs
     differences += _fills_unknown(ctx, journal, exchange, exchange_keys)
-    missing = [d for d in differences if d.kind is Kind.MISSING_FILL]
+    missing = [
+        d
+        for d in differences
+        if d.kind is Kind.MISSING_FILL or (d.kind is Kind.ORDER_LOST_FROM_JOURNAL and d.correctable)
+    ]
     differences += _balances(ctx, journal, exchange, account_balances, missing, tolerance)
     differences += _positions(ctx, journal, exchange, tolerance)
     return differences
@@ -112,6 +127,9 @@ def _open_orders(
     for snap in exchange.open_orders:
         cid = _owner(snap.client_order_id, snap.exchange_order_id, journal, owners)
         order = journal.orders.get(cid) if cid else None
+        if (cid is None or order is None) and lost_from_journal(ctx, snap.client_order_id):
+            differences.append(_lost_order(ctx, snap.client_order_id, snap, None))
+            continue
         if cid is None or order is None:
             differences.append(
                 Difference(
@@ -214,6 +232,15 @@ def _trades(
         cid = _owner(
             account_trade.client_order_id, account_trade.exchange_order_id, journal, owners
         )
+        lost = account_trade.client_order_id or exchange.lost_owners.get(
+            account_trade.exchange_order_id
+        )
+        if cid is None and lost is not None and lost_from_journal(ctx, lost):
+            snapshot = exchange.lost_lookups.get(lost) or next(
+                (o for o in exchange.open_orders if o.client_order_id == lost), None
+            )
+            differences.append(_lost_order(ctx, lost, snapshot, account_trade))
+            continue
         if cid is None:
             differences.append(
                 Difference(
@@ -245,6 +272,57 @@ def _trades(
             )
         )
     return differences, keys
+
+
+def lost_from_journal(ctx: BotContext, client_order_id: int | None) -> bool:
+    """Is this an id of ours issued while the restored journal was not being kept?"""
+    if ctx.restored is None or not client_order_id:
+        return False
+    issued = issued_at(client_order_id)
+    return issued is not None and ctx.restored.covers(issued)
+
+
+def _lost_order(
+    ctx: BotContext,
+    client_order_id: int,
+    snapshot: OrderSnapshot | None,
+    account_trade: AccountTrade | None,
+) -> Difference:
+    """An order (or one trade of it) placed between the backup and the restore."""
+    assert ctx.restored is not None
+    others = [bot for bot in ctx.symbol_bots if bot != ctx.bot]
+    why = f"placed by this coordinator while the journal was not kept ({ctx.restored.describe()})"
+    if others:
+        detail = (
+            f"{why}; but {', '.join(others)} also trade {ctx.symbol} on this account and the "
+            "venue does not say which bot placed it: not adopted"
+        )
+    elif snapshot is None:
+        detail = (
+            f"{why}; the exchange could not be asked about the order (or no longer shows it), "
+            "so it is not adopted: reconcile again, or record it by hand"
+        )
+    else:
+        detail = f"{why}: adopted into the journal as the exchange shows it, with its fills"
+    if account_trade is not None:
+        subject = f"trade {account_trade.trade.trade_id} of order {client_order_id}"
+        shown, amount = _show_trade(account_trade), account_trade.trade.amount
+    else:
+        subject, amount = f"order {client_order_id}", None
+        shown = _show_snapshot(snapshot) if snapshot is not None else "-"
+    return Difference(
+        ctx.bot,
+        Kind.ORDER_LOST_FROM_JOURNAL,
+        subject,
+        "-",
+        shown,
+        amount,
+        detail,
+        correctable=not others and snapshot is not None,
+        client_order_id=client_order_id,
+        trade=account_trade,
+        snapshot=snapshot,
+    )
 
 
 def _fills_unknown(

@@ -24,6 +24,7 @@ from decimal import Decimal
 from bots.book import BotBook
 from bots.errors import ExchangeError
 from bots.gateway import STATUS_FROM_EXCHANGE, OrderGateway
+from bots.ids import issued_at
 from bots.journal import FillRecord, JournalOrder, OrderStatus
 from bots.ledger import LedgerFill, Position
 from bots.models import AccountTrade, OrderSnapshot
@@ -44,6 +45,7 @@ _ORDER_KINDS = frozenset(
         Kind.ORDER_NOT_ACKNOWLEDGED,
         Kind.ORDER_CLOSED_ON_EXCHANGE,
         Kind.ORDER_UNKNOWN_TO_EXCHANGE,
+        Kind.ORDER_LOST_FROM_JOURNAL,
     }
 )
 
@@ -81,6 +83,12 @@ class Corrector:
         for d in differences:
             if d.correctable and d.kind in _ORDER_KINDS and d.client_order_id is not None:
                 by_order.setdefault(d.client_order_id, []).append(d)
+        adopt = {
+            cid: diffs
+            for cid, diffs in by_order.items()
+            if all(d.kind is Kind.ORDER_LOST_FROM_JOURNAL for d in diffs)
+        }
+        by_order = {cid: diffs for cid, diffs in by_order.items() if cid not in adopt}
         lost = _lost_rows(target, by_order)
         for cid, diffs in by_order.items():
             if cid in target.book.live_orders and cid not in lost:
@@ -91,6 +99,8 @@ class Corrector:
             in_journal = {
                 c: d for c, d in by_order.items() if c not in target.book.live_orders or c in lost
             }
+            for cid, diffs in adopt.items():
+                corrections.append(await self._adopt(target, cid, diffs))
             if in_journal:
                 corrections += await self._in_journal(target, in_journal)
             corrections += await self._balances(target, differences, exchange)
@@ -181,6 +191,47 @@ class Corrector:
             corrections.append(_correction(row))
             log.warning("%s: %s: order %d: %s", ctx.bot, row.tag, cid, row.action)
         return corrections
+
+    async def _adopt(self, target: BotTarget, cid: int, diffs: list[Difference]) -> Correction:
+        """An order placed between the backup and the restore: put back in the journal as the
+        exchange shows it, with every trade of it the exchange showed, and the book replayed
+        with them, in one commit. Under the book lock (the caller holds it)."""
+        ctx = target.ctx
+        snapshot = next(d.snapshot for d in diffs if d.snapshot is not None)
+        issued = issued_at(cid) or self._clock()
+        intent = JournalOrder(
+            cid, ctx.bot, ctx.exchange, snapshot.symbol, snapshot.side, snapshot.type,
+            snapshot.amount, snapshot.price, OrderStatus.PENDING_SUBMIT, issued,
+            tag="adopted",
+        )  # fmt: skip
+        trades = _trades_of(intent, snapshot, [d.trade for d in diffs if d.trade])
+        fills = [_fill(intent, t) for t in trades]
+        after = _corrected(intent, snapshot, {}, fills, trades)
+        after = replace(after, reason=snapshot.reason or None)
+        action = f"adopted from the exchange: {_describe(intent, after, fills)}"
+        book: BookWrite | None = None
+        if fills:
+            position, balances = await self.store.replay(
+                ctx.bot,
+                ctx.base,
+                ctx.quote,
+                [LedgerFill(f.side, f.amount, f.price, f.fee, f.fee_currency) for f in fills],
+            )
+            stale = sorted(set(target.book.balances) - set(balances))
+            book = BookWrite(ctx.symbol, position, balances, stale)
+            action += f"; book recomputed from the fills: {_show_book(position, balances)}"
+        first = diffs[0]
+        row = self._row(ctx.bot, first.kind, f"order {cid}", "-", first.exchange, action)
+        await self.store.adopt_order(row, after, fills, book)
+        if book is not None:
+            target.book.position = book.position
+            target.book.balances = dict(book.balances)
+        if not after.is_terminal:
+            target.book.live_orders[cid] = after
+            target.book.trade_ids[cid] = {f.trade_id for f in fills}
+        target.book.fills_count += len(fills)
+        log.warning("%s: %s: order %d: %s", ctx.bot, row.tag, cid, row.action)
+        return _correction(row)
 
     # -- the book and balances -----------------------------------------------------------------
 

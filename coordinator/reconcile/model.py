@@ -27,6 +27,9 @@ class Kind(enum.StrEnum):
     # row is missing whose trade is not in the window compared.
     BOOK_MISMATCH = "book_mismatch"
     POSITION_DRIFT = "position_drift"
+    # Placed by this coordinator between a backup and its restore: at the venue under an id of
+    # ours issued in that window, and not in the restored journal (coordinator/store/restored.py).
+    ORDER_LOST_FROM_JOURNAL = "order_lost_from_journal"
 
 
 # Differences reconciliation can correct in the journal; the others need an operator: the
@@ -39,6 +42,7 @@ CORRECTABLE = frozenset(
         Kind.ORDER_NOT_ACKNOWLEDGED,
         Kind.ORDER_CLOSED_ON_EXCHANGE,
         Kind.ORDER_UNKNOWN_TO_EXCHANGE,
+        Kind.ORDER_LOST_FROM_JOURNAL,
         Kind.BALANCE_DRIFT,
     }
 )

@@ -16,16 +16,17 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from bots.errors import ExchangeError, OrderNotFound
-from bots.exchanges.base import ReconcilableExchange
+from bots.exchanges.base import ExchangeAdapter, ReconcilableExchange, VenueIdLookup
 from bots.journal import OrderStatus
 from bots.models import OrderSnapshot
 from coordinator.config.models import BotConfig, ReconciliationSettings
 from coordinator.errors import UnknownBot
 from coordinator.lifecycle import BotState
-from coordinator.reconcile.compare import BotContext, ExchangeView, compare
+from coordinator.reconcile.compare import BotContext, ExchangeView, compare, lost_from_journal
 from coordinator.reconcile.corrections import BotTarget, Corrector
 from coordinator.reconcile.model import BotReconciliation, Difference, ReconciliationReport
 from coordinator.store.reconciliation import JournalView, ReconciliationStore
+from coordinator.store.restored import RestoredJournal
 from coordinator.store.sqlite import SqliteStore
 from coordinator.supervisor import BotRunner
 from coordinator.wiring import trades_on_exchange
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 # Orders the journal calls failed that are looked up when the exchange shows a trade or an open
 # order it cannot place: the newest this many.
 MAX_FAILED_LOOKUPS = 20
+# Orders of trades the journal cannot place that are looked up in one run, after a restore.
+MAX_LOST_LOOKUPS = 200
 _ACTIVE = frozenset({BotState.STARTING, BotState.RUNNING})
 
 
@@ -85,7 +88,8 @@ class Reconciler:
                 if apply
                 else None
             )
-            results = [await self._bot(self.runners[name], corrector) for name in names]
+            restored = await self.records.restored()
+            results = [await self._bot(self.runners[name], corrector, restored) for name in names]
             report = ReconciliationReport(
                 run_id, started, self._clock(), actor, trigger, apply, results
             )
@@ -103,8 +107,10 @@ class Reconciler:
     def _tolerance(self, amount: Decimal) -> Decimal:
         return self.settings.tolerance(amount)
 
-    async def _bot(self, runner: BotRunner, corrector: Corrector | None) -> BotReconciliation:
-        ctx = self._context(runner)
+    async def _bot(
+        self, runner: BotRunner, corrector: Corrector | None, restored: RestoredJournal | None
+    ) -> BotReconciliation:
+        ctx = self._context(runner, restored)
         result = BotReconciliation(
             ctx.bot, ctx.exchange, ctx.account, running=runner.state in _ACTIVE
         )
@@ -172,12 +178,13 @@ class Reconciler:
         )
         sending = runner.gateway().sending()
         await _look_up(runner, journal, exchange, sending, errors)
+        await _look_up_lost(runner, ctx, journal, exchange, errors)
         differences = compare(
             ctx, journal, exchange, self._account_balances(ctx), self._tolerance, sending
         )
         return differences, exchange
 
-    def _context(self, runner: BotRunner) -> BotContext:
+    def _context(self, runner: BotRunner, restored: RestoredJournal | None) -> BotContext:
         config = runner.parts.config
         account = account_of(config)
         sharing = tuple(
@@ -186,6 +193,9 @@ class Reconciler:
         adapter = runner.parts.adapter
         history = adapter.history_since if isinstance(adapter, ReconcilableExchange) else None
         running = any(self.runners[name].state in _ACTIVE for name in sharing)
+        symbol_bots = tuple(
+            name for name in sharing if self.runners[name].parts.config.symbol == config.symbol
+        )
         return BotContext(
             config.name,
             config.exchange,
@@ -196,6 +206,8 @@ class Reconciler:
             sharing,
             history,
             running,
+            restored,
+            symbol_bots,
         )
 
     def _account_balances(self, ctx: BotContext) -> dict[str, Decimal]:
@@ -271,6 +283,71 @@ async def _look_up(
             errors.append(f"order {cid}: could not ask {adapter.name}: {exc}")
             continue
         exchange.lookups[cid] = snapshot
+
+
+async def _look_up_lost(
+    runner: BotRunner,
+    ctx: BotContext,
+    journal: JournalView,
+    exchange: ExchangeView,
+    errors: list[str],
+) -> None:
+    """After a restore: ask the exchange about the orders of the trades the journal cannot
+    place (their amount, type and status are not in a trade, and kraken's trades do not even
+    say their client order id), to find those lost from the journal."""
+    if ctx.restored is None:
+        return
+    adapter = runner.parts.adapter
+    unplaced = _unplaced_orders(ctx, journal, exchange)
+    asked = list(unplaced.items())[:MAX_LOST_LOOKUPS]
+    if len(unplaced) > len(asked):
+        errors.append(
+            f"{len(unplaced)} orders of trades the journal cannot place; only the first "
+            f"{MAX_LOST_LOOKUPS} were looked up (reconcile again for the rest)"
+        )
+    for exchange_order_id, cid in asked:
+        try:
+            snapshot = await _ask(adapter, exchange_order_id, cid, ctx.symbol)
+        except ExchangeError as exc:
+            errors.append(f"order {exchange_order_id}: could not ask {adapter.name}: {exc}")
+            continue
+        found = cid if cid is not None else snapshot.client_order_id if snapshot else None
+        if found and lost_from_journal(ctx, found):
+            exchange.lost_lookups[found] = snapshot
+            exchange.lost_owners[exchange_order_id] = found
+
+
+def _unplaced_orders(
+    ctx: BotContext, journal: JournalView, exchange: ExchangeView
+) -> dict[str, int | None]:
+    """Exchange order id -> client order id (None: the trade does not say) of the trades whose
+    order is neither in the journal nor open, and may be one lost from it."""
+    owners = journal.order_by_exchange_id()
+    listed = {o.exchange_order_id for o in exchange.open_orders}
+    unplaced: dict[str, int | None] = {}
+    for t in exchange.trades:
+        cid = t.client_order_id
+        if cid in journal.orders or t.exchange_order_id in owners or t.exchange_order_id in listed:
+            continue
+        if cid is None or lost_from_journal(ctx, cid):
+            unplaced.setdefault(t.exchange_order_id, cid)
+    return unplaced
+
+
+async def _ask(
+    adapter: ExchangeAdapter, exchange_order_id: str, cid: int | None, symbol: str
+) -> OrderSnapshot | None:
+    """The order, by our id when the trade said it, else by the venue's; None: not found (or
+    the adapter cannot ask by the venue's id)."""
+    try:
+        if cid is not None:
+            found: OrderSnapshot = await adapter.fetch_order(cid, symbol)
+            return found
+        if isinstance(adapter, VenueIdLookup):
+            return await adapter.fetch_order_by_exchange_id(exchange_order_id, symbol)
+    except OrderNotFound:
+        return None
+    return None
 
 
 def _log_report(report: ReconciliationReport) -> None:

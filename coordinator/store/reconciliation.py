@@ -25,6 +25,7 @@ from bots.journal import FillRecord, JournalOrder, OrderStatus
 from bots.ledger import LedgerFill, Position, replay
 from bots.models import Side
 from coordinator.store.journal import (
+    _INSERT_ORDER,
     _ORDER_COLUMNS,
     _balance_upserts,
     _fill_insert,
@@ -33,6 +34,7 @@ from coordinator.store.journal import (
     _position_upsert,
     iso,
 )
+from coordinator.store.restored import RESTORED_KEY, RestoredJournal
 from coordinator.store.sqlite import Expect, SqliteStore, Statement, Write
 
 LIVE = (OrderStatus.PENDING_SUBMIT.value, OrderStatus.OPEN.value)
@@ -151,6 +153,18 @@ class ReconciliationStore:
         self.store = store
 
     # -- reads -----------------------------------------------------------------------------------
+
+    async def restored(self) -> RestoredJournal | None:
+        """The mark of the restore the journal came from, if it came from one."""
+        row = await self.store.fetch_one(
+            "SELECT value FROM safety_state WHERE key = ?", (RESTORED_KEY,)
+        )
+        if row is None:
+            return None
+        try:
+            return RestoredJournal.from_json(json.loads(row["value"]))
+        except ValueError:
+            return None
 
     async def next_ids(self) -> tuple[int, int]:
         """The next run id and the next correction id."""
@@ -368,6 +382,37 @@ class ReconciliationStore:
         statements.extend(_fill_insert(fill, correction.at) for fill in fills)
         if book is not None:
             statements.extend(self._book_statements(correction, after.bot, book))
+        await self.store.write(statements)
+
+    async def adopt_order(
+        self,
+        correction: CorrectionRow,
+        order: JournalOrder,
+        fills: Sequence[FillRecord],
+        book: BookWrite | None = None,
+    ) -> None:
+        """Put back an order the journal lost (placed between a backup and its restore), as
+        the exchange shows it, with its fills and the book they move: one commit. Its history
+        is an intent and one move to the exchange's status, both naming the correction."""
+        created = iso(order.created_at)
+        row = (
+            order.client_order_id, order.bot, order.exchange, order.symbol, order.side.value,
+            order.type.value, str(order.amount), None if order.price is None else str(order.price),
+            order.status.value, order.exchange_order_id, str(order.filled), order.tag,
+            order.reason, created, iso(correction.at),
+        )  # fmt: skip
+        intent = f"intent (lost from the journal; put back by {correction.tag})"
+        moved = f"{correction.tag}: {correction.action}"
+        cid, pending = order.client_order_id, OrderStatus.PENDING_SUBMIT
+        statements: list[Write] = [
+            correction.statement(),
+            (_INSERT_ORDER, row),
+            _order_event(cid, created, None, pending, intent),
+            _order_event(cid, correction.at, pending, order.status, moved),
+        ]
+        statements.extend(_fill_insert(fill, correction.at) for fill in fills)
+        if book is not None:
+            statements.extend(self._book_statements(correction, order.bot, book))
         await self.store.write(statements)
 
     @staticmethod

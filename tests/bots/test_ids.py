@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import pytest
 
-from bots.ids import MAX_CLIENT_ORDER_ID, ClientOrderIds
+from bots.ids import MAX_CLIENT_ORDER_ID, ClientOrderIds, issued_at
 
 COUNTER_BITS = 20
 
@@ -78,3 +79,20 @@ def test_a_restart_with_a_clock_behind_the_journal_never_reissues_an_id() -> Non
     # The process restarts with the clock an hour behind; the floor is the journal's max id.
     after = ClientOrderIds(floor=max(issued), clock_ms=scripted_clock(now - 3_600_000))
     assert all(after.next() not in issued for _ in range(100))
+
+
+def test_an_id_says_when_it_was_issued_to_the_millisecond() -> None:
+    at = datetime(2026, 12, 7, 23, 15, 1, 250_000, tzinfo=UTC)
+    ms = int(at.timestamp() * 1000)
+    ids = ClientOrderIds(clock_ms=scripted_clock(ms))
+    first, second = ids.next(), ids.next()  # the same millisecond: the counter moves
+
+    assert issued_at(first) == issued_at(second) == at
+
+
+AFTER_2100 = int(datetime(2101, 1, 1, tzinfo=UTC).timestamp() * 1000) << COUNTER_BITS
+
+
+@pytest.mark.parametrize("not_ours", [0, -5, 17, 1 << 63, AFTER_2100])
+def test_a_number_that_is_not_one_of_our_ids_has_no_issue_time(not_ours: int) -> None:
+    assert issued_at(not_ours) is None

@@ -17,6 +17,7 @@ from coordinator.cli import main
 from coordinator.store.lease import LeaderLease
 from coordinator.store.pg_connection import PgConnection
 from coordinator.store.postgres import PostgresStore
+from coordinator.store.restored import RestoredJournal
 from tests.coordinator.backups.support import make_database, manifest_of, members
 from tests.support_postgres import PostgresServer
 
@@ -117,6 +118,11 @@ def test_a_restore_brings_the_journal_back_with_the_kill_switch_active_and_the_t
     assert state is not None
     assert state["active"] is True
     assert state["trigger"] == "restore"
+    stored = scalar(dsn, "SELECT value FROM safety_state WHERE key = 'journal_restored'")
+    mark = RestoredJournal.from_json(json.loads(str(stored)))
+    assert mark is not None
+    assert mark.restored_at.isoformat() == state["at"]
+    assert mark.backup_created_at <= mark.restored_at
     # The lease is not the journal's: its term goes on from where it was, never back.
     assert scalar(dsn, "SELECT term FROM leader_lease") == term
     assert lead_once(dsn, "node-c") == term + 1

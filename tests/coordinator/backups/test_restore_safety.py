@@ -21,6 +21,7 @@ from coordinator.config import CONFIG_FILES, load_config
 from coordinator.config.models import CoordinatorConfig
 from coordinator.errors import Conflict
 from coordinator.runtime import DATABASE_FILE, Coordinator
+from coordinator.store.reconciliation import ReconciliationStore
 from tests.coordinator.backups.support import (
     archives,
     backup,
@@ -96,6 +97,12 @@ async def test_a_restored_database_opens_with_the_kill_switch_active(
         assert switch["cooldown_seconds_left"] == 0.0  # overridable once reconciled
         with pytest.raises(Conflict, match="the kill switch is active"):
             await restored.start_bot("ndax", False, "test")
+        # The mark reconciliation adopts the orders of the gap by: which backup, and when.
+        mark = await ReconciliationStore(restored.store).restored()
+        assert mark is not None
+        assert mark.backup_created_at == AT
+        assert mark.restored_at.isoformat() == switch["at"]
+        assert mark.backup.startswith("config-")
     finally:
         await restored.close(grace_seconds=0.5)
 

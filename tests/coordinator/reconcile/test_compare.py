@@ -3,6 +3,7 @@ call differences (orders being sent, fills outside what the venue returned)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -22,6 +23,7 @@ from coordinator.config.models import ReconciliationSettings
 from coordinator.reconcile.compare import BotContext, ExchangeView, compare
 from coordinator.reconcile.model import Kind
 from coordinator.store.reconciliation import JournalView
+from coordinator.store.restored import RestoredJournal
 
 T0 = datetime(2026, 11, 23, 12, tzinfo=UTC)
 SETTINGS = ReconciliationSettings()
@@ -290,3 +292,78 @@ def test_balance_drift_on_a_running_bot_is_reported_but_not_corrected() -> None:
     )
     assert (d.kind, d.correctable) == (Kind.BALANCE_DRIFT, False)
     assert "running" in d.detail
+
+
+# -- orders lost from a restored journal ----------------------------------------------------------
+
+RESTORED = RestoredJournal("config-x.tar.gz", T0, T0 + timedelta(minutes=40))
+
+
+def issued(at: datetime) -> int:
+    """One of our client order ids, issued at `at`."""
+    return int(at.timestamp() * 1000) << 20
+
+
+def restored_ctx(symbol_bots: tuple[str, ...] = ("grid",)) -> BotContext:
+    return replace(CTX, restored=RESTORED, symbol_bots=symbol_bots)
+
+
+def test_a_trade_of_an_order_sent_between_the_backup_and_the_restore_is_a_lost_order() -> None:
+    cid = issued(T0 + timedelta(minutes=10))
+    lost_trade = trade(cid, "T-1", T0 + timedelta(minutes=11))
+    e = exchange(trades=[lost_trade], balances={"AUD": "949.9", "BTC": "0.5"})
+    e.lost_lookups[cid] = snapshot(cid, ExchangeOrderStatus.CLOSED)
+
+    differences = compare(restored_ctx(), journal(), e, journal().balances, SETTINGS.tolerance)
+
+    assert [(d.kind, d.subject, d.correctable) for d in differences] == [
+        (Kind.ORDER_LOST_FROM_JOURNAL, f"trade T-1 of order {cid}", True),
+        (Kind.BALANCE_DRIFT, "balance AUD", True),
+        (Kind.BALANCE_DRIFT, "balance BTC", True),
+    ]
+    assert "config-x.tar.gz" in differences[0].detail
+    assert differences[1].detail == "recording the missing fills accounts for all of it"
+
+
+def test_an_id_issued_outside_the_gap_or_with_no_restore_is_someone_elses() -> None:
+    before = issued(T0 - timedelta(minutes=5))  # before the backup (and its slack)
+    after = issued(T0 + timedelta(hours=2))  # after the restore: the journal would have it
+    inside = issued(T0 + timedelta(minutes=1))
+    e = exchange(open_orders=[snapshot(before), snapshot(after)])
+
+    assert found(journal(), e, restored_ctx()) == [
+        ("unknown_open_order", f"exchange order X{before}"),
+        ("unknown_open_order", f"exchange order X{after}"),
+    ]
+    assert found(journal(), exchange(open_orders=[snapshot(inside)]), CTX) == [
+        ("unknown_open_order", f"exchange order X{inside}")
+    ]
+
+
+def test_a_lost_order_another_bot_could_have_placed_is_shown_but_not_adopted() -> None:
+    cid = issued(T0 + timedelta(minutes=3))
+    e = exchange(open_orders=[snapshot(cid)])
+
+    (shared,) = compare(
+        restored_ctx(("grid", "grid-2")), journal(), e, journal().balances, SETTINGS.tolerance
+    )
+    assert (shared.kind, shared.correctable) == (Kind.ORDER_LOST_FROM_JOURNAL, False)
+    assert "grid-2 also trade BTC/AUD" in shared.detail
+
+
+def test_a_lost_order_the_exchange_could_not_be_asked_about_is_not_adopted() -> None:
+    cid = issued(T0 + timedelta(minutes=3))
+    e = exchange(trades=[trade(cid, "T-9", T0 + timedelta(minutes=4))])  # no lookup answered
+
+    lost = compare(restored_ctx(), journal(), e, journal().balances, SETTINGS.tolerance)[0]
+    assert (lost.kind, lost.correctable) == (Kind.ORDER_LOST_FROM_JOURNAL, False)
+    assert "could not be asked" in lost.detail
+
+
+def test_an_unreadable_restore_mark_adopts_nothing() -> None:
+    assert RestoredJournal.from_json({"backup": "b", "restored_at": "2026-12-07T10:00:00"}) is None
+    assert RestoredJournal.from_json({"backup_created_at": "x", "restored_at": "y"}) is None
+    assert RestoredJournal.from_json([1, 2]) is None
+    naive = {"backup_created_at": "2026-12-07T09:00:00", "restored_at": "2026-12-07T10:00:00"}
+    assert RestoredJournal.from_json(naive) is None
+    assert RestoredJournal.from_json(RESTORED.to_json()) == RESTORED

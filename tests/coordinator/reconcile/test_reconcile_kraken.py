@@ -14,10 +14,12 @@ as a tick would make it, so nothing moves between the reads of a reconciliation.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,16 @@ from typing import Any
 import pytest
 from aioresponses import CallbackResult, aioresponses
 
+from bots.ids import ClientOrderIds
 from bots.journal import OrderStatus
-from bots.models import OrderIntent, OrderType, Side
+from bots.models import OrderIntent, OrderRequest, OrderType, Side
 from coordinator.accounts import Accounts
 from coordinator.config import load_config
 from coordinator.integrity import verify_database
 from coordinator.lifecycle import BotState
 from coordinator.reconcile.model import render_table
 from coordinator.runtime import Coordinator
+from coordinator.store.restored import BACKUP_CLOCK_SLACK, RESTORED_KEY, RestoredJournal
 from coordinator.supervisor import BotRunner
 from tests.bots.exchanges.ccxt_fixtures import (
     KRAKEN_CREDENTIALS,
@@ -761,3 +765,117 @@ async def test_a_missing_fill_older_than_the_newest_page_of_trades_is_still_foun
     assert kinds(bot["differences"]) == [
         ("missing_fill", f"trade {first} of order {client_order_id}")
     ]
+
+
+# ----- 9. orders lost from a restored journal ---------------------------------------------------
+
+
+async def mark_restored(live: Live, backup_taken: datetime) -> None:
+    """The journal as a restore leaves it: marked with its backup's time and the restore's."""
+    mark = RestoredJournal("config-test.tar.gz", backup_taken, datetime.now(UTC))
+    await live.coordinator.store.write(
+        [
+            (
+                "INSERT INTO safety_state (key, value, updated_at) VALUES (?, ?, ?)",
+                (RESTORED_KEY, json.dumps(mark.to_json()), mark.to_json()["restored_at"]),
+            )
+        ]
+    )
+
+
+async def sent_unjournaled(live: Live, price: Decimal = PRICE) -> tuple[int, str]:
+    """A limit buy kraken took that the journal does not have: what a coordinator sent after
+    the backup its journal was later restored from. Its client order id and txid."""
+    cid = ClientOrderIds().next()
+    await live.runner.parts.adapter.create_order(
+        OrderRequest(cid, SYMBOL, Side.BUY, OrderType.LIMIT, AMOUNT, price)
+    )
+    return cid, txid_of(live.kraken, cid)
+
+
+async def test_orders_sent_after_the_backup_are_adopted_from_kraken_into_the_restored_journal(
+    live: Live,
+) -> None:
+    backup_taken = datetime.now(UTC)
+    resting, _ = await sent_unjournaled(live)
+    filled, txid = await sent_unjournaled(live)
+    trade_id = live.kraken.fill_now(txid)
+    await mark_restored(live, backup_taken)
+
+    bot = await entry(live)
+    assert bot["errors"] == []
+    assert kinds(bot["differences"]) == [
+        ("order_lost_from_journal", f"order {resting}"),
+        ("order_lost_from_journal", f"trade {trade_id} of order {filled}"),
+        ("balance_drift", "balance AUD"),
+        ("balance_drift", "balance BTC"),
+    ]
+    lost = bot["differences"][0]
+    assert lost["correctable"] is True
+    assert "config-test.tar.gz" in lost["detail"]
+    for d in bot["differences"][2:]:
+        assert d["detail"] == "recording the missing fills accounts for all of it"
+
+    report, bot, writes = await applied(live)
+    assert writes == []  # adopting sends and cancels nothing
+    assert bot["errors"] == []
+    assert bot["remaining"] == [], kinds(bot["remaining"])
+    assert [(c["kind"], c["subject"]) for c in bot["corrections"]] == [
+        ("order_lost_from_journal", f"order {resting}"),
+        ("order_lost_from_journal", f"order {filled}"),
+    ]
+    rows = await query(
+        live,
+        "SELECT client_order_id, status, filled, exchange_order_id FROM orders ORDER BY 1",
+    )
+    assert [(r[0], r[1], Decimal(r[2]), r[3]) for r in rows] == [
+        (resting, "open", Decimal(0), txid_of(live.kraken, resting)),
+        (filled, "filled", AMOUNT, txid),
+    ]
+    correction = bot["corrections"][1]["id"]
+    assert await events_of(live, filled) == [
+        (None, "pending_submit", f"intent (lost from the journal; put back by reconciliation "
+                                 f"correction #{correction})"),
+        ("pending_submit", "filled", f"reconciliation correction #{correction}: "
+                                     + bot["corrections"][1]["action"]),
+    ]  # fmt: skip
+    assert await query(live, "SELECT amount FROM fills WHERE trade_id = ?", trade_id) == [
+        (str(AMOUNT),)
+    ]
+    book = live.runner.parts.book
+    assert set(book.live_orders) == {resting}  # the bot manages its resting order again
+    assert book.position.base == AMOUNT
+    assert book.balances == after_buy() == on_kraken(live.kraken)
+    assert await stored_book(live) == (AMOUNT, after_buy())
+    assert f"order {filled}" in render_table(report)
+    assert (await entry(live))["differences"] == []
+    await integrity_ok(live)
+
+
+async def test_without_a_restore_orders_unknown_to_the_journal_are_never_adopted(
+    live: Live,
+) -> None:
+    resting, _ = await sent_unjournaled(live)
+    _, txid = await sent_unjournaled(live)
+    trade_id = live.kraken.fill_now(txid)
+
+    _, bot, writes = await applied(live)
+    assert writes == []
+    assert kinds(bot["remaining"]) == [
+        ("unknown_open_order", f"exchange order {txid_of(live.kraken, resting)}"),
+        ("unknown_trade", f"trade {trade_id}"),
+    ]
+    assert await query(live, "SELECT * FROM orders") == []
+    assert live.runner.parts.book.position.base == 0
+
+
+async def test_an_order_sent_before_the_backup_was_taken_is_not_adopted_after_a_restore(
+    live: Live,
+) -> None:
+    filled, txid = await sent_unjournaled(live)
+    trade_id = live.kraken.fill_now(txid)
+    await mark_restored(live, datetime.now(UTC) + BACKUP_CLOCK_SLACK + timedelta(seconds=5))
+
+    _, bot, _ = await applied(live)
+    assert ("unknown_trade", f"trade {trade_id}") in kinds(bot["remaining"])
+    assert await query(live, "SELECT * FROM orders WHERE client_order_id = ?", filled) == []
