@@ -62,7 +62,7 @@ import uvloop
 
 from bots.ledger import Position, apply_changes, balance_changes, fee_in_quote
 from bots.models import Side
-from coordinator.config import embedded_config_dir, load_config
+from coordinator.config import CONFIG_FILES, embedded_config_dir, load_config
 from coordinator.config.models import BotConfig, CoordinatorConfig
 from coordinator.integrity import verify_database
 from coordinator.runtime import DATABASE_FILE, Coordinator
@@ -87,8 +87,9 @@ def make_config(directory: Path, bots: int) -> Path:
     """The shipped configuration (`bots` paper bots, copied from the shipped ones), with the
     backup and reconciliation schedules off: nothing runs but what the benchmark asks for."""
     source = embedded_config_dir()
-    for name in ("bot-limits.json", "kill-switch.json", "api-endpoints.json"):
-        (directory / name).write_text((source / name).read_text())
+    for name in CONFIG_FILES:  # the shipped files; two are rewritten below
+        if (source / name).exists():
+            (directory / name).write_text((source / name).read_text())
     recovery = json.loads((source / "recovery-settings.json").read_text())
     recovery["backups"]["interval_minutes"] = 0
     recovery["reconciliation"]["interval_minutes"] = 0

@@ -138,29 +138,34 @@ class Writer:
 
 
 async def build_journal(path: Path) -> dict[str, Book]:
-    """Two bots: 101 bought in two fills, 102 sold in one, 103 cancelled, 104 failed; the DCA
-    bot's 201 filled with its fee in the base asset. Five audit entries. Returns the books."""
+    """`write_journal` in a SQLite file at `path`."""
     store = await SqliteStore.open(path)
     try:
-        w = Writer(SqliteJournal(store))
-        await w.bot(GRID, "BTC/AUD", {"AUD": D("10000"), "BTC": D("1")})
-        await w.bot(DCA, "ETH/USDT:USDT", {"USDT": D("5000")})
-        buy = await w.order(101, GRID, Side.BUY, "0.5")
-        buy = await w.move(buy, OrderStatus.OPEN, [("t-1", "0.2", "100", "0.02", "AUD")])
-        await w.move(buy, OrderStatus.FILLED, [("t-2", "0.3", "99.5", "0.03", "AUD")])
-        sell = await w.order(102, GRID, Side.SELL, "0.4")
-        await w.move(sell, OrderStatus.FILLED, [("t-3", "0.4", "110", "0.044", "AUD")])
-        rest = await w.move(await w.order(103, GRID, Side.BUY, "0.1"), OrderStatus.OPEN)
-        await w.move(rest, OrderStatus.CANCELED, detail="stopped")
-        await w.move(await w.order(104, GRID, Side.BUY, "0.1"), OrderStatus.FAILED)
-        eth = await w.order(201, DCA, Side.BUY, "1")
-        await w.move(eth, OrderStatus.FILLED, [("e-1", "1", "2000", "0.001", "ETH")])
-        for n in range(AUDIT_ENTRIES):
-            await w.journal.audit(
-                actor="operator-token", action=f"action-{n}", result="ok", at=w.tick()
-            )
+        return await write_journal(store)
     finally:
         await store.close()
+
+
+async def write_journal(store: SqliteStore) -> dict[str, Book]:
+    """Two bots: 101 bought in two fills, 102 sold in one, 103 cancelled, 104 failed; the DCA
+    bot's 201 filled with its fee in the base asset. Five audit entries. Returns the books."""
+    w = Writer(SqliteJournal(store))
+    await w.bot(GRID, "BTC/AUD", {"AUD": D("10000"), "BTC": D("1")})
+    await w.bot(DCA, "ETH/USDT:USDT", {"USDT": D("5000")})
+    buy = await w.order(101, GRID, Side.BUY, "0.5")
+    buy = await w.move(buy, OrderStatus.OPEN, [("t-1", "0.2", "100", "0.02", "AUD")])
+    await w.move(buy, OrderStatus.FILLED, [("t-2", "0.3", "99.5", "0.03", "AUD")])
+    sell = await w.order(102, GRID, Side.SELL, "0.4")
+    await w.move(sell, OrderStatus.FILLED, [("t-3", "0.4", "110", "0.044", "AUD")])
+    rest = await w.move(await w.order(103, GRID, Side.BUY, "0.1"), OrderStatus.OPEN)
+    await w.move(rest, OrderStatus.CANCELED, detail="stopped")
+    await w.move(await w.order(104, GRID, Side.BUY, "0.1"), OrderStatus.FAILED)
+    eth = await w.order(201, DCA, Side.BUY, "1")
+    await w.move(eth, OrderStatus.FILLED, [("e-1", "1", "2000", "0.001", "ETH")])
+    for n in range(AUDIT_ENTRIES):
+        await w.journal.audit(
+            actor="operator-token", action=f"action-{n}", result="ok", at=w.tick()
+        )
     return w.books
 
 
